@@ -1,0 +1,81 @@
+// The boundary between the ATen glue (ops_cpu.cpp) and the CPU kernels, which
+// are compiled once per instruction set and never see a torch header.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedopt/adagrad.h"
+#include "fusedopt/adam.h"
+#include "fusedopt/rmsprop.h"
+#include "fusedopt/sgd.h"
+
+namespace fusedopt {
+namespace cpu {
+
+enum class Dtype : int { kFloat32, kFloat64, kBFloat16, kFloat16 };
+
+constexpr int kMaxStates = 4;
+
+// Equal-length lists of same-shaped tensors, each walked as one dense run of
+// `numel[i]` elements. states[0] holds the params; the others the optimizer
+// state, in the slot order of the algorithm's update functor.
+struct TensorLists {
+  int64_t count = 0;
+  Dtype dtype = Dtype::kFloat32;
+  const int64_t* offset = nullptr;  // count + 1 prefix sums of numel
+  const void* const* grads = nullptr;
+  void* const* states[kMaxStates] = {};
+  // The work is cut into `slots` nearly equal element ranges across the whole
+  // list; a kernel call handles slots [slot_begin, slot_end).
+  int64_t slots = 1;
+};
+
+struct AdamArgs {
+  math::AdamHyper hyper;
+  math::Decay decay;
+  bool amsgrad, maximize;
+  const math::AdamStep<double>* step;  // per tensor
+};
+
+struct SgdArgs {
+  math::SgdHyper hyper;
+  math::Momentum momentum;
+  bool weight_decay, maximize;
+  const uint8_t* first_step;  // per tensor: the momentum buffer is new
+};
+
+struct AdagradArgs {
+  math::AdagradHyper hyper;
+  bool weight_decay, maximize;
+  const double* neg_clr;  // per tensor
+};
+
+struct RmspropArgs {
+  math::RmspropHyper hyper;
+  bool weight_decay, maximize, centered, momentum;
+};
+
+struct KernelTable {
+  const char* isa;
+  void (*adam)(const TensorLists&, const AdamArgs&, int64_t slot_begin, int64_t slot_end);
+  void (*sgd)(const TensorLists&, const SgdArgs&, int64_t slot_begin, int64_t slot_end);
+  void (*adagrad)(const TensorLists&, const AdagradArgs&, int64_t slot_begin, int64_t slot_end);
+  void (*rmsprop)(const TensorLists&, const RmspropArgs&, int64_t slot_begin, int64_t slot_end);
+};
+
+// One table per instruction set this build holds (kernels_<isa>.cpp).
+const KernelTable& kernels_baseline();
+const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+
+// The table in use: the best the CPU supports, or the one named by
+// set_kernel_isa / the FUSEDOPT_CPU_ISA environment variable.
+const KernelTable& active_kernels();
+// Names the ISA to use ("baseline", "avx2", "avx512", or "auto"); returns
+// false if the name is unknown or this CPU cannot run it.
+bool set_kernel_isa(const char* name);
+// The ISAs this CPU can run, best first, comma separated.
+const char* supported_isas();
+
+}  // namespace cpu
+}  // namespace fusedopt

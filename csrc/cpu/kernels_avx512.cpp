@@ -1,0 +1,27 @@
+// The CPU kernels built for the avx512 instruction set (see kernels_impl.h).
+// Every header is included before the target pragma, so only code defined in
+// kernels_impl.h is compiled for this ISA.
+#if defined(__x86_64__)
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "kernel_api.h"
+#include "partition.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define FUSEDOPT_ISA avx512
+#define FUSEDOPT_ISA_NAME "avx512"
+#include "kernels_impl.h"
+#pragma GCC pop_options
+
+namespace fusedopt {
+namespace cpu {
+// Call only where the CPU runs avx512 code: the table is built on first use.
+const KernelTable& kernels_avx512() { return avx512::table(); }
+}  // namespace cpu
+}  // namespace fusedopt
+#endif  // __x86_64__

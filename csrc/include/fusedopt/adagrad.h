@@ -1,0 +1,42 @@
+// Adagrad (Duchi et al., 2011), as torch.optim.Adagrad computes it:
+//   sum += g^2;   p -= clr g / (sqrt(sum) + eps),   clr = lr / (1 + (step - 1) lr_decay)
+#pragma once
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+namespace math {
+
+struct AdagradHyper {
+  double lr, lr_decay, eps, weight_decay;
+};
+
+template <typename M>
+inline M adagrad_neg_clr(const AdagradHyper& h, double step) {
+  return static_cast<M>(-(h.lr / (1.0 + (step - 1.0) * h.lr_decay)));
+}
+
+// Slots: s[0] param, s[1] sum.
+template <typename M, bool Maximize, bool L2Decay>
+struct AdagradUpdate {
+  static constexpr int kStates = 2;
+
+  M eps, weight_decay, neg_clr;
+
+  AdagradUpdate(const AdagradHyper& h, M neg_clr_for_step)
+      : eps(static_cast<M>(h.eps)),
+        weight_decay(static_cast<M>(h.weight_decay)),
+        neg_clr(neg_clr_for_step) {}
+
+  FUSEDOPT_HD void operator()(M grad, M* s) const {
+    M& param = s[0];
+    M& sum = s[1];
+    grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
+    sum = sum + grad * grad;
+    const M std_ = sqrt_(sum) + eps;
+    param = param + neg_clr * (grad / std_);
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,69 @@
+// Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019), as
+// torch.optim.Adam / AdamW compute them, one element at a time.
+//   m = lerp(m, g, 1 - beta1)            v = beta2 v + (1 - beta2) g^2
+//   v_max = max(v_max, v)  (amsgrad)     p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+// with bc_i = 1 - beta_i^step. Per-step scalars are formed on the host in
+// double (as torch.optim does in Python) and rounded to the math type once.
+#pragma once
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+namespace math {
+
+struct AdamHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+};
+
+// What changes with the step count of one tensor.
+template <typename M>
+struct AdamStep {
+  M neg_step_size;          // -lr / (1 - beta1^step)
+  M bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+};
+
+template <typename M>
+inline AdamStep<M> adam_step_scalars(const AdamHyper& h, double step) {
+  const double bias_correction1 = 1.0 - std::pow(h.beta1, step);
+  const double bias_correction2 = 1.0 - std::pow(h.beta2, step);
+  return {static_cast<M>(-(h.lr / bias_correction1)),
+          static_cast<M>(std::sqrt(bias_correction2))};
+}
+
+// Slots: s[0] param, s[1] exp_avg, s[2] exp_avg_sq, s[3] max_exp_avg_sq.
+template <typename M, bool Maximize, Decay D, bool Amsgrad>
+struct AdamUpdate {
+  static constexpr int kStates = Amsgrad ? 4 : 3;
+
+  M lerp_weight, beta2, one_minus_beta2, weight_decay, decay_factor, eps;
+  AdamStep<M> step;
+
+  AdamUpdate(const AdamHyper& h, AdamStep<M> s)
+      : lerp_weight(static_cast<M>(1.0 - h.beta1)),
+        beta2(static_cast<M>(h.beta2)),
+        one_minus_beta2(static_cast<M>(1.0 - h.beta2)),
+        weight_decay(static_cast<M>(h.weight_decay)),
+        decay_factor(static_cast<M>(1.0 - h.lr * h.weight_decay)),
+        eps(static_cast<M>(h.eps)),
+        step(s) {}
+
+  FUSEDOPT_HD void operator()(M grad, M* s) const {
+    M& param = s[0];
+    M& exp_avg = s[1];
+    M& exp_avg_sq = s[2];
+    if constexpr (D == Decay::kDecoupled) param = param * decay_factor;
+    grad = effective_grad<M, Maximize, D == Decay::kL2>(grad, param, weight_decay);
+    exp_avg = lerp(exp_avg, grad, lerp_weight);
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad;
+    M second_moment = exp_avg_sq;
+    if constexpr (Amsgrad) {
+      s[3] = maximum(s[3], exp_avg_sq);
+      second_moment = s[3];
+    }
+    const M denom = sqrt_(second_moment) / step.bias_correction2_sqrt + eps;
+    param = param + step.neg_step_size * (exp_avg / denom);
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

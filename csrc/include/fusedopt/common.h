@@ -1,0 +1,55 @@
+// Shared by the CPU driver and (later) CUDA device code: no torch headers, no
+// branches on data, float-only math so `#pragma omp simd` vectorizes it.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FUSEDOPT_HD __host__ __device__ __forceinline__
+#else
+#define FUSEDOPT_HD inline __attribute__((always_inline))
+#endif
+
+namespace fusedopt {
+namespace math {
+
+// How weight decay enters an update: added to the gradient (L2, torch.optim's
+// `weight_decay`), or applied to the parameter directly (AdamW).
+enum class Decay : int { kNone = 0, kL2 = 1, kDecoupled = 2 };
+
+template <typename M>
+FUSEDOPT_HD M sqrt_(M x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
+// ATen's lerp: two formulas so the result is exact at both ends.
+template <typename M>
+FUSEDOPT_HD M lerp(M self, M end, M weight) {
+  const M diff = end - self;
+  const M from_self = self + weight * diff;
+  const M from_end = end - diff * (M(1) - weight);
+  return (weight < M(0.5)) ? from_self : from_end;
+}
+
+// torch.maximum: a NaN on either side wins.
+template <typename M>
+FUSEDOPT_HD M maximum(M a, M b) {
+  return (a != a) ? a : ((a > b) ? a : b);
+}
+
+// The gradient as every rule sees it: sign-flipped for `maximize`, plus the
+// coupled (L2) weight decay term, in the order torch.optim applies them.
+template <typename M, bool Maximize, bool L2Decay>
+FUSEDOPT_HD M effective_grad(M grad, M param, M weight_decay) {
+  if constexpr (Maximize) grad = -grad;
+  if constexpr (L2Decay) grad = grad + weight_decay * param;
+  return grad;
+}
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,60 @@
+// RMSprop (Hinton, Lecture 6e), with Graves' centered variant and momentum,
+// as torch.optim.RMSprop computes it:
+//   v = alpha v + (1 - alpha) g^2;  c = lerp(c, g, 1 - alpha) (centered)
+//   a = sqrt(v - c^2) or sqrt(v), plus eps
+//   b = momentum b + g / a, p -= lr b   (momentum)   or   p -= lr g / a
+#pragma once
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+namespace math {
+
+struct RmspropHyper {
+  double lr, alpha, eps, weight_decay, momentum;
+};
+
+// Slots: s[0] param, s[1] square_avg, then momentum_buffer (if Momentum), then
+// grad_avg (if Centered).
+template <typename M, bool Maximize, bool L2Decay, bool Centered, bool Momentum>
+struct RmspropUpdate {
+  static constexpr int kBufferSlot = 2;
+  static constexpr int kGradAvgSlot = Momentum ? 3 : 2;
+  static constexpr int kStates = 2 + int(Momentum) + int(Centered);
+
+  M neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
+
+  explicit RmspropUpdate(const RmspropHyper& h)
+      : neg_lr(static_cast<M>(-h.lr)),
+        alpha(static_cast<M>(h.alpha)),
+        one_minus_alpha(static_cast<M>(1.0 - h.alpha)),
+        eps(static_cast<M>(h.eps)),
+        weight_decay(static_cast<M>(h.weight_decay)),
+        momentum(static_cast<M>(h.momentum)) {}
+
+  FUSEDOPT_HD void operator()(M grad, M* s) const {
+    M& param = s[0];
+    M& square_avg = s[1];
+    grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
+    square_avg = square_avg * alpha + one_minus_alpha * grad * grad;
+    M avg;
+    if constexpr (Centered) {
+      M& grad_avg = s[kGradAvgSlot];
+      grad_avg = lerp(grad_avg, grad, one_minus_alpha);
+      avg = sqrt_(square_avg - grad_avg * grad_avg);
+    } else {
+      avg = sqrt_(square_avg);
+    }
+    avg = avg + eps;
+    if constexpr (Momentum) {
+      M& buf = s[kBufferSlot];
+      buf = buf * momentum + grad / avg;
+      param = param + neg_lr * buf;
+    } else {
+      param = param + neg_lr * (grad / avg);
+    }
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,53 @@
+// SGD with optional momentum, dampening and Nesterov momentum, as
+// torch.optim.SGD computes it (Sutskever et al., 2013 form):
+//   b = g on the first step, else momentum b + (1 - dampening) g
+//   d = g + momentum b (nesterov) or b;    p -= lr d
+#pragma once
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+namespace math {
+
+struct SgdHyper {
+  double lr, momentum, dampening, weight_decay;
+};
+
+enum class Momentum : int { kNone = 0, kClassic = 1, kNesterov = 2 };
+
+// Slots: s[0] param, s[1] momentum_buffer. `First` is the step on which the
+// buffer is born (torch clones the gradient into it).
+template <typename M, bool Maximize, bool L2Decay, Momentum Mom, bool First>
+struct SgdUpdate {
+  static constexpr int kStates = Mom == Momentum::kNone ? 1 : 2;
+
+  M neg_lr, momentum, one_minus_dampening, weight_decay;
+
+  explicit SgdUpdate(const SgdHyper& h)
+      : neg_lr(static_cast<M>(-h.lr)),
+        momentum(static_cast<M>(h.momentum)),
+        one_minus_dampening(static_cast<M>(1.0 - h.dampening)),
+        weight_decay(static_cast<M>(h.weight_decay)) {}
+
+  FUSEDOPT_HD void operator()(M grad, M* s) const {
+    M& param = s[0];
+    grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
+    if constexpr (Mom != Momentum::kNone) {
+      M& buf = s[1];
+      if constexpr (First) {
+        buf = grad;
+      } else {
+        buf = buf * momentum + one_minus_dampening * grad;
+      }
+      if constexpr (Mom == Momentum::kNesterov) {
+        grad = grad + momentum * buf;
+      } else {
+        grad = buf;
+      }
+    }
+    param = param + neg_lr * grad;
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,54 @@
+// The fusedopt op schemas and the Python module that loads them. Each op
+// updates whole lists of tensors in place (the `!` annotations); CPU and CUDA
+// implementations are registered under these names elsewhere, and the fake
+// implementations for torch.compile live in fusedopt/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/kernel_api.h"
+
+namespace {
+
+std::string cpu_isa() { return fusedopt::cpu::active_kernels().isa; }
+
+std::string cpu_isas_supported() { return fusedopt::cpu::supported_isas(); }
+
+// For tests and benchmarks: run the kernels built for a lower ISA.
+std::string set_cpu_isa(std::string name) {
+  TORCH_CHECK(fusedopt::cpu::set_kernel_isa(name.c_str()), "fusedopt: unknown or unsupported CPU ISA '",
+              name, "'; this CPU supports ", fusedopt::cpu::supported_isas());
+  return cpu_isa();
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fusedopt, m) {
+  m.def(
+      "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, float lr, float beta1, float beta2, "
+      "float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
+  m.def(
+      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, float lr, "
+      "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, "
+      "int[] first_step) -> ()");
+  m.def(
+      "adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
+      "*, float lr, float lr_decay, float weight_decay, float eps, bool maximize) -> ()");
+  m.def(
+      "rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, "
+      "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, *, float lr, "
+      "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize) -> ()");
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("cpu_isas_supported() -> str", &cpu_isas_supported);
+  m.def("set_cpu_isa(str name) -> str", &set_cpu_isa);
+}
+
+// `import fusedopt._C` loads this library, whose static initializers register
+// the ops above; the module itself holds nothing.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fusedopt native ops (see torch.ops.fusedopt)", -1,
+                               nullptr};
+  return PyModule_Create(&module);
+}

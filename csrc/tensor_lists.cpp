@@ -1,0 +1,132 @@
+#include "tensor_lists.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <c10/util/Exception.h>
+
+namespace fusedopt {
+namespace {
+
+cpu::Dtype kernel_dtype(const char* op, const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return cpu::Dtype::kFloat32;
+    case at::kDouble: return cpu::Dtype::kFloat64;
+    case at::kBFloat16: return cpu::Dtype::kBFloat16;
+    case at::kHalf: return cpu::Dtype::kFloat16;
+    default:
+      TORCH_CHECK(!t.is_complex(), "fusedopt.", op,
+                  ": complex tensors are passed as torch.view_as_real views");
+      TORCH_CHECK(false, "fusedopt.", op, ": params must be float32, float64, bfloat16 or float16, got ",
+                  t.scalar_type());
+  }
+}
+
+void check_like_param(const char* op, const char* name, size_t i, const at::Tensor& t,
+                      const at::Tensor& param) {
+  TORCH_CHECK(t.defined(), "fusedopt.", op, ": ", name, "[", i, "] is undefined");
+  TORCH_CHECK(t.layout() == at::kStrided, "fusedopt.", op, ": ", name, "[", i,
+              "] is sparse; sparse gradients and states are not supported");
+  TORCH_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, "[", i, "] is on ",
+              t.device(), " but its param is on ", param.device());
+  TORCH_CHECK(t.scalar_type() == param.scalar_type(), "fusedopt.", op, ": ", name, "[", i, "] is ",
+              t.scalar_type(), " but its param is ", param.scalar_type());
+  TORCH_CHECK(t.sizes() == param.sizes(), "fusedopt.", op, ": ", name, "[", i, "] has shape ",
+              t.sizes(), " but its param has shape ", param.sizes());
+}
+
+void check_writable(const char* op, const char* name, size_t i, const at::Tensor& t) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, "fusedopt.", op, ": ", name, "[",
+              i, "] has elements that share memory (an expanded view?); it cannot be updated in place");
+}
+
+}  // namespace
+
+PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorList params,
+                             at::TensorList grads, std::initializer_list<NamedList> states) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", grads.size(), " grads");
+  std::vector<NamedList> used;
+  for (const NamedList& s : states) {
+    if (s.tensors.empty() && n > 0) continue;
+    TORCH_CHECK(s.tensors.size() == n, "fusedopt.", op, ": got ", n, " params but ", s.tensors.size(),
+                " ", s.name);
+    used.push_back(s);
+  }
+  TORCH_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
+
+  lists_.count = static_cast<int64_t>(n);
+  offset_.assign(n + 1, 0);
+  grads_.resize(n);
+  for (size_t k = 0; k <= used.size(); ++k) states_[k].resize(n);
+
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& param = params[i];
+    TORCH_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
+    TORCH_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
+    TORCH_CHECK(param.device().type() == device, "fusedopt.", op, ": params[", i, "] is on ",
+                param.device(), "; this implementation handles ", c10::DeviceTypeName(device),
+                " tensors");
+    const cpu::Dtype dtype = kernel_dtype(op, param);
+    if (i == 0) {
+      lists_.dtype = dtype;
+    } else {
+      TORCH_CHECK(dtype == lists_.dtype, "fusedopt.", op, ": params[", i, "] is ", param.scalar_type(),
+                  " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+    }
+    check_writable(op, "params", i, param);
+    check_like_param(op, "grads", i, grads[i], param);
+    bool dense = param.is_non_overlapping_and_dense() && grads[i].strides() == param.strides();
+    for (const NamedList& s : used) {
+      const at::Tensor& t = s.tensors[i];
+      check_like_param(op, s.name, i, t, param);
+      check_writable(op, s.name, i, t);
+      dense = dense && t.strides() == param.strides();
+    }
+
+    // A dense tensor is walked as its storage; anything else through copies.
+    auto operand = [&](const at::Tensor& t, bool mutated) -> const at::Tensor& {
+      if (dense) return t;
+      copies_.push_back(t.contiguous());
+      if (mutated && !t.is_contiguous()) write_back_.emplace_back(t, copies_.back());
+      return copies_.back();
+    };
+    if (!dense) copies_.reserve(copies_.size() + used.size() + 2);
+    states_[0][i] = operand(param, true).data_ptr();
+    grads_[i] = operand(grads[i], false).const_data_ptr();
+    for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = operand(used[k].tensors[i], true).data_ptr();
+    offset_[i + 1] = offset_[i] + param.numel();
+  }
+
+  lists_.offset = offset_.data();
+  lists_.grads = grads_.data();
+  for (size_t k = 0; k <= used.size(); ++k) lists_.states[k] = states_[k].data();
+}
+
+void PreparedLists::finish() {
+  for (auto& [original, copy] : write_back_) original.copy_(copy);
+  write_back_.clear();
+}
+
+std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected) {
+  TORCH_CHECK(steps.size() == expected, "fusedopt.", op, ": got ", expected, " params but ",
+              steps.size(), " state_steps");
+  std::vector<double> values(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK(s.defined() && s.numel() == 1 && s.device().is_cpu(), "fusedopt.", op,
+                ": state_steps[", i, "] must be a one-element CPU tensor");
+    if (s.scalar_type() == at::kFloat) {
+      float* p = s.mutable_data_ptr<float>();
+      *p += 1.0f;
+      values[i] = *p;
+    } else {
+      TORCH_CHECK(s.scalar_type() == at::kDouble, "fusedopt.", op, ": state_steps[", i,
+                  "] must be float32 or float64, got ", s.scalar_type());
+      double* p = s.mutable_data_ptr<double>();
+      *p += 1.0;
+      values[i] = *p;
+    }
+  }
+  return values;
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,49 @@
+// Checks the tensor lists an op receives and lays them out as plain pointers
+// (fusedopt::cpu::TensorLists) for a kernel that walks each tensor as one
+// dense run. Device-independent: the CPU and CUDA glue both use it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <initializer_list>
+#include <utility>
+#include <vector>
+
+#include "cpu/kernel_api.h"
+
+namespace fusedopt {
+
+struct NamedList {
+  const char* name;
+  at::TensorList tensors;  // empty when the variant does not use this state
+};
+
+class PreparedLists {
+ public:
+  // states: the optimizer states in the slot order of the algorithm's update
+  // functor; empty lists are skipped. Every tensor must be on `device`, share
+  // the params' dtype and shape, and be strided. A tensor whose operands are
+  // not dense with one common layout is walked through contiguous copies
+  // that finish() writes back, so no update is lost.
+  PreparedLists(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
+                std::initializer_list<NamedList> states);
+
+  cpu::TensorLists& lists() { return lists_; }
+  int64_t size() const { return lists_.count; }
+  // Writes results held in contiguous copies back to the caller's tensors.
+  void finish();
+
+ private:
+  std::vector<at::Tensor> copies_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> write_back_;  // (original, copy)
+  std::vector<int64_t> offset_;
+  std::vector<const void*> grads_;
+  std::vector<void*> states_[cpu::kMaxStates];
+  cpu::TensorLists lists_;
+};
+
+// Adds one to every `step` tensor (float32 or float64 scalars on the CPU, as
+// torch.optim keeps them) and returns the new values.
+std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected);
+
+}  // namespace fusedopt

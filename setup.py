@@ -1,0 +1,32 @@
+"""Builds fusedopt._C, the native ops, with torch.utils.cpp_extension and ninja.
+
+Install with `pip install --no-build-isolation .` (torch must already be
+importable: an isolated build would fetch a fresh multi-GB torch).
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# No -march=native: the CPU kernels are compiled once per ISA
+# (csrc/cpu/kernels_<isa>.cpp) and picked at run time, so one build runs on
+# any x86-64. -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt
+# and if-convert selects; neither changes any result (no -ffast-math).
+CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math"]
+
+sources = ["csrc/ops.cpp", "csrc/tensor_lists.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+
+setup(
+    ext_modules=[
+        CppExtension(
+            "fusedopt._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": CXX_FLAGS},
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension},
+)
