@@ -1,0 +1,89 @@
+"""Loads the native extension and decides, per device, which backend runs.
+
+The native ops live in torch.ops.fusedopt once fusedopt._C is imported. If the
+extension cannot load, or a tensor's device has no native kernel, optimizers
+run the pure-PyTorch reference (fusedopt.reference) and warn once.
+"""
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("native", "reference")
+ENV_BACKEND = "FUSEDOPT_BACKEND"
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.fusedopt)
+
+    LOAD_ERROR = None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+if LOAD_ERROR is None:
+    from . import _ops  # noqa: F401  (fake kernels for torch.compile)
+
+_warned = set()
+
+
+def native_loaded():
+    return LOAD_ERROR is None
+
+
+def resolve_backend(backend):
+    """The backend an optimizer asked for, or the environment's default."""
+    if backend is None:
+        backend = os.environ.get(ENV_BACKEND, "native") or "native"
+    if backend not in BACKENDS:
+        raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
+    return backend
+
+
+def has_native_kernel(op_name, device):
+    """Whether torch.ops.fusedopt.<op_name> has a kernel for this device."""
+    if LOAD_ERROR is not None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{op_name}", key)
+
+
+def warn_fallback(op_name, device):
+    """Warns once per (op, device type) that the reference path runs instead."""
+    key = (op_name, device.type)
+    if key in _warned:
+        return
+    _warned.add(key)
+    if LOAD_ERROR is not None:
+        why = f"the native extension did not load ({LOAD_ERROR})"
+    else:
+        why = f"there is no native {op_name} kernel for {device.type} tensors"
+    warnings.warn(f"fusedopt: {why}; running the pure-PyTorch reference instead", RuntimeWarning,
+                  stacklevel=3)
+
+
+def info():
+    """What this installation runs: the native extension, its CPU instruction
+    set, and whether CUDA kernels were built."""
+    result = {
+        "native": LOAD_ERROR is None,
+        "load_error": LOAD_ERROR,
+        "default_backend": resolve_backend(None),
+        "cpu_isa": None,
+        "cpu_isas_supported": [],
+        "cuda": False,
+        "torch": torch.__version__,
+    }
+    if LOAD_ERROR is None:
+        result["cpu_isa"] = torch.ops.fusedopt.cpu_isa()
+        result["cpu_isas_supported"] = torch.ops.fusedopt.cpu_isas_supported().split(",")
+        result["cuda"] = torch._C._dispatch_has_kernel_for_dispatch_key("fusedopt::adam_", "CUDA")
+    return result
+
+
+def set_cpu_isa(name):
+    """Runs the CPU kernels built for `name` ("baseline", "avx2", "avx512" or
+    "auto"); for tests and benchmarks. Returns the ISA now in use."""
+    if LOAD_ERROR is not None:
+        raise RuntimeError(f"fusedopt: the native extension did not load ({LOAD_ERROR})")
+    return torch.ops.fusedopt.set_cpu_isa(name)

@@ -1,0 +1,81 @@
+import torch
+
+from . import reference
+from .optimizer import FusedOptimizer, as_float, check_common_flags, new_step
+
+
+class Adagrad(FusedOptimizer):
+    """Drop-in for torch.optim.Adagrad (lr_decay, initial_accumulator_value,
+    eps), with the whole update of a param group in one fused pass. As in
+    torch, state is created for every param at construction. Sparse gradients
+    are refused with an error. `foreach` and `fused` have no effect;
+    `differentiable=True` is refused."""
+
+    _op = "adagrad_"
+    _element_lists = ("params", "grads", "state_sums")
+    _setstate_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+                 backend=None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= initial_accumulator_value:
+            raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_common_flags(type(self).__name__, foreach, fused, differentiable)
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, backend)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p, initial_accumulator_value)
+
+    def _init_state(self, p, initial_accumulator_value):
+        state = self.state[p]
+        state["step"] = new_step()
+        value = (complex(initial_accumulator_value, initial_accumulator_value)
+                 if torch.is_complex(p) else initial_accumulator_value)
+        state["sum"] = torch.full_like(p, value, memory_format=torch.preserve_format)
+
+    def share_memory(self):
+        """Calls tensor.share_memory_() on the state sum tensors."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
+
+    def _gather(self, group, params):
+        lists = {key: [] for key in self._element_lists + ("state_steps",)}
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(p, self.defaults["initial_accumulator_value"])
+            lists["params"].append(p)
+            lists["grads"].append(p.grad)
+            lists["state_sums"].append(state["sum"])
+            lists["state_steps"].append(state["step"])
+        return lists
+
+    def _hyper(self, group):
+        return dict(lr=as_float(group["lr"]), lr_decay=as_float(group["lr_decay"]),
+                    weight_decay=as_float(group["weight_decay"]), eps=as_float(group["eps"]),
+                    maximize=group["maximize"])
+
+    def _native(self, group, lists):
+        torch.ops.fusedopt.adagrad_(lists["params"], lists["grads"], lists["state_sums"],
+                                    lists["state_steps"], **self._hyper(group))
+
+    def _reference(self, group, lists):
+        hyper = self._hyper(group)
+        for i, p in enumerate(lists["params"]):
+            step_t = lists["state_steps"][i]
+            step_t += 1
+            reference.adagrad(p, lists["grads"][i], lists["state_sums"][i], step=step_t.item(), **hyper)

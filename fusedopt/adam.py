@@ -1,0 +1,115 @@
+import torch
+
+from . import reference
+from .optimizer import FusedOptimizer, as_float, check_common_flags, new_step
+
+
+def _check_adam_args(lr, betas, eps, weight_decay):
+    """torch.optim.Adam's argument checks, with its messages."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, torch.Tensor) and beta.numel() != 1:
+            raise ValueError(f"Tensor betas[{i}] must be 1-element")
+
+
+class Adam(FusedOptimizer):
+    """Drop-in for torch.optim.Adam (same arguments, defaults, state and
+    state_dict), with the whole update of a param group in one fused pass.
+
+    `foreach` and `fused` are accepted and have no effect: fusedopt always runs
+    its fused kernel. `capturable` is accepted; steps are read on the host.
+    `differentiable=True` is refused. `backend="reference"` runs the
+    pure-PyTorch reference instead of the native kernel.
+    """
+
+    _op = "adam_"
+    _element_lists = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+    _setstate_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                          "differentiable": False, "fused": None, "decoupled_weight_decay": False}
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False, backend=None):
+        _check_adam_args(lr, betas, eps, weight_decay)
+        check_common_flags(type(self).__name__, foreach, fused, differentiable)
+        betas = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim() != 0 else b for b in betas)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, backend)
+
+    def _sparse_error(self):
+        return "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+    def _gather(self, group, params):
+        amsgrad = group["amsgrad"]
+        lists = {key: [] for key in self._element_lists + ("state_steps",)}
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = new_step()
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if amsgrad:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            lists["params"].append(p)
+            lists["grads"].append(p.grad)
+            lists["exp_avgs"].append(state["exp_avg"])
+            lists["exp_avg_sqs"].append(state["exp_avg_sq"])
+            if amsgrad:
+                lists["max_exp_avg_sqs"].append(state["max_exp_avg_sq"])
+            lists["state_steps"].append(state["step"])
+        return lists
+
+    def _hyper(self, group):
+        beta1, beta2 = group["betas"]
+        return dict(lr=as_float(group["lr"]), beta1=as_float(beta1), beta2=as_float(beta2),
+                    weight_decay=as_float(group["weight_decay"]), eps=as_float(group["eps"]),
+                    amsgrad=group["amsgrad"], maximize=group["maximize"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"])
+
+    def _native(self, group, lists):
+        torch.ops.fusedopt.adam_(lists["params"], lists["grads"], lists["exp_avgs"],
+                                 lists["exp_avg_sqs"], lists["max_exp_avg_sqs"], lists["state_steps"],
+                                 **self._hyper(group))
+
+    def _reference(self, group, lists):
+        hyper = self._hyper(group)
+        for i, p in enumerate(lists["params"]):
+            step_t = lists["state_steps"][i]
+            step_t += 1
+            max_sq = lists["max_exp_avg_sqs"][i] if hyper["amsgrad"] else None
+            reference.adam(p, lists["grads"][i], lists["exp_avgs"][i], lists["exp_avg_sqs"][i], max_sq,
+                           step=step_t.item(), **hyper)
+
+
+class AdamW(Adam):
+    """Drop-in for torch.optim.AdamW: Adam with decoupled weight decay
+    (default 1e-2). See fusedopt.Adam for the flags."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, backend=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         fused=fused, decoupled_weight_decay=True, backend=backend)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,0 +1,77 @@
+import torch
+
+from . import reference
+from .optimizer import FusedOptimizer, as_float, check_common_flags, new_step
+
+
+class RMSprop(FusedOptimizer):
+    """Drop-in for torch.optim.RMSprop (alpha, eps, centered, momentum), with
+    the whole update of a param group in one fused pass; torch itself has no
+    fused RMSprop. `foreach` has no effect; `capturable` is accepted;
+    `differentiable=True` is refused."""
+
+    _op = "rmsprop_"
+    _element_lists = ("params", "grads", "square_avgs", "momentum_buffers", "grad_avgs")
+    _setstate_defaults = {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
+                          "differentiable": False, "capturable": False}
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, backend=None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        check_common_flags(type(self).__name__, foreach, None, differentiable)
+        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable)
+        super().__init__(params, defaults, backend)
+
+    def _gather(self, group, params):
+        lists = {key: [] for key in self._element_lists + ("state_steps",)}
+        with_momentum = group["momentum"] > 0
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = new_step()
+                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if with_momentum:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["centered"]:
+                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            lists["params"].append(p)
+            lists["grads"].append(p.grad)
+            lists["square_avgs"].append(state["square_avg"])
+            if with_momentum:
+                lists["momentum_buffers"].append(state["momentum_buffer"])
+            if group["centered"]:
+                lists["grad_avgs"].append(state["grad_avg"])
+            lists["state_steps"].append(state["step"])
+        return lists
+
+    def _hyper(self, group):
+        return dict(lr=as_float(group["lr"]), alpha=as_float(group["alpha"]), eps=as_float(group["eps"]),
+                    weight_decay=as_float(group["weight_decay"]), momentum=as_float(group["momentum"]),
+                    centered=group["centered"], maximize=group["maximize"])
+
+    def _native(self, group, lists):
+        torch.ops.fusedopt.rmsprop_(lists["params"], lists["grads"], lists["square_avgs"],
+                                    lists["momentum_buffers"], lists["grad_avgs"], lists["state_steps"],
+                                    **self._hyper(group))
+
+    def _reference(self, group, lists):
+        hyper = self._hyper(group)
+        for i, p in enumerate(lists["params"]):
+            lists["state_steps"][i] += 1
+            buf = lists["momentum_buffers"][i] if hyper["momentum"] > 0 else None
+            grad_avg = lists["grad_avgs"][i] if hyper["centered"] else None
+            reference.rmsprop(p, lists["grads"][i], lists["square_avgs"][i], buf, grad_avg, **hyper)

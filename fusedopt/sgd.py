@@ -1,0 +1,67 @@
+import torch
+
+from . import reference
+from .optimizer import FusedOptimizer, as_float, check_common_flags
+
+
+class SGD(FusedOptimizer):
+    """Drop-in for torch.optim.SGD (plain, momentum, dampening, Nesterov), with
+    the whole update of a param group in one fused pass. `foreach` and `fused`
+    are accepted and have no effect; `differentiable=True` is refused."""
+
+    _op = "sgd_"
+    _element_lists = ("params", "grads", "momentum_buffers")
+    _setstate_defaults = {"nesterov": False, "maximize": False, "foreach": None,
+                          "differentiable": False, "fused": False}
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None, backend=None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        check_common_flags(type(self).__name__, foreach, fused, differentiable)
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, backend)
+
+    def _gather(self, group, params):
+        lists = {key: [] for key in self._element_lists + ("first_step",)}
+        with_momentum = group["momentum"] != 0
+        for p in params:
+            lists["params"].append(p)
+            lists["grads"].append(p.grad)
+            if with_momentum:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                # torch.optim starts the buffer as a copy of the gradient; the
+                # kernel does that copy when first_step is set.
+                lists["first_step"].append(int(buf is None))
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                lists["momentum_buffers"].append(buf)
+        return lists
+
+    def _hyper(self, group):
+        return dict(lr=as_float(group["lr"]), weight_decay=as_float(group["weight_decay"]),
+                    momentum=as_float(group["momentum"]), dampening=as_float(group["dampening"]),
+                    nesterov=group["nesterov"], maximize=group["maximize"])
+
+    def _native(self, group, lists):
+        torch.ops.fusedopt.sgd_(lists["params"], lists["grads"], lists["momentum_buffers"],
+                                first_step=lists["first_step"], **self._hyper(group))
+
+    def _reference(self, group, lists):
+        hyper = self._hyper(group)
+        with_momentum = hyper["momentum"] != 0
+        for i, p in enumerate(lists["params"]):
+            buf = lists["momentum_buffers"][i] if with_momentum else None
+            first = bool(lists["first_step"][i]) if with_momentum else False
+            reference.sgd(p, lists["grads"][i], buf, first_step=first, **hyper)
