@@ -49,8 +49,7 @@ def test_low_precision_near_torch_for_loop(name, opts, dtype):
         # divides by zero; compare with an eps float16 can hold.
         opts = {**opts, "eps": 1e-3}
     ours, ours_params, theirs, torch_params = _run_pair(name, opts, dtype, {"foreach": False})
-    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS[name], *LOOSE[dtype],
-                      atol_scales=True)
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS[name], *LOOSE[dtype])
 
 
 LOW_PRECISION_FUSED = [(n, o) for n, o in CASES if n in TORCH_FUSED_SAME_MATH]
