@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # and if-convert selects; neither changes any result (no -ffast-math).
 CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math"]
 
-sources = ["csrc/ops.cpp", "csrc/tensor_lists.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+sources = ["csrc/ops.cpp", "csrc/tensor_lists.cpp", "csrc/cached_step.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 
 setup(
     ext_modules=[

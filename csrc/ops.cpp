@@ -1,8 +1,7 @@
-// The fusedopt op schemas and the Python module that loads them. Each op
-// updates whole lists of tensors in place (the `!` annotations); CPU and CUDA
-// implementations are registered under these names elsewhere, and the fake
-// implementations for torch.compile live in fusedopt/_ops.py.
-#include <Python.h>
+// The fusedopt op schemas. Each op updates whole lists of tensors in place
+// (the `!` annotations); CPU and CUDA implementations are registered under
+// these names elsewhere, the fake implementations for torch.compile live in
+// fusedopt/_ops.py, and the Python module is defined in cached_step.cpp.
 #include <torch/library.h>
 
 #include <string>
@@ -40,15 +39,12 @@ TORCH_LIBRARY(fusedopt, m) {
       "rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, "
       "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, *, float lr, "
       "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize) -> ()");
+  // The memory traffic of a step with trivial arithmetic (a benchmark yardstick):
+  // each non-empty list is read and written once, grads read once.
+  m.def(
+      "traffic_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] states1, Tensor(c!)[] states2, "
+      "Tensor(d!)[] states3) -> ()");
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cpu_isas_supported() -> str", &cpu_isas_supported);
   m.def("set_cpu_isa(str name) -> str", &set_cpu_isa);
-}
-
-// `import fusedopt._C` loads this library, whose static initializers register
-// the ops above; the module itself holds nothing.
-extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fusedopt native ops (see torch.ops.fusedopt)", -1,
-                               nullptr};
-  return PyModule_Create(&module);
 }

@@ -13,10 +13,11 @@ BACKENDS = ("native", "reference")
 ENV_BACKEND = "FUSEDOPT_BACKEND"
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.fusedopt)
+    from . import _C as C  # registers torch.ops.fusedopt; holds the cached-list fast path
 
     LOAD_ERROR = None
 except ImportError as exc:  # pragma: no cover - depends on the build
+    C = None
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
 if LOAD_ERROR is None:

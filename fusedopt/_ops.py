@@ -2,7 +2,7 @@
 tracing can run a step: every op mutates its inputs and returns nothing."""
 import torch
 
-_OPS = ("adam_", "sgd_", "adagrad_", "rmsprop_")
+_OPS = ("adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_")
 
 
 def _mutates_only(*args, **kwargs):

@@ -13,6 +13,8 @@ class Adagrad(FusedOptimizer):
 
     _op = "adagrad_"
     _element_lists = ("params", "grads", "state_sums")
+    _state_lists = ("state_sums",)
+    _op_lists = _element_lists + ("state_steps",)
     _setstate_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
@@ -68,10 +70,6 @@ class Adagrad(FusedOptimizer):
         return dict(lr=as_float(group["lr"]), lr_decay=as_float(group["lr_decay"]),
                     weight_decay=as_float(group["weight_decay"]), eps=as_float(group["eps"]),
                     maximize=group["maximize"])
-
-    def _native(self, group, lists):
-        torch.ops.fusedopt.adagrad_(lists["params"], lists["grads"], lists["state_sums"],
-                                    lists["state_steps"], **self._hyper(group))
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)

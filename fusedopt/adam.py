@@ -38,6 +38,8 @@ class Adam(FusedOptimizer):
 
     _op = "adam_"
     _element_lists = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+    _state_lists = ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+    _op_lists = _element_lists + ("state_steps",)
     _setstate_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                           "differentiable": False, "fused": None, "decoupled_weight_decay": False}
 
@@ -83,10 +85,8 @@ class Adam(FusedOptimizer):
                     amsgrad=group["amsgrad"], maximize=group["maximize"],
                     decoupled_weight_decay=group["decoupled_weight_decay"])
 
-    def _native(self, group, lists):
-        torch.ops.fusedopt.adam_(lists["params"], lists["grads"], lists["exp_avgs"],
-                                 lists["exp_avg_sqs"], lists["max_exp_avg_sqs"], lists["state_steps"],
-                                 **self._hyper(group))
+    def _structure(self, group):
+        return group["amsgrad"]
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)

@@ -12,6 +12,8 @@ class RMSprop(FusedOptimizer):
 
     _op = "rmsprop_"
     _element_lists = ("params", "grads", "square_avgs", "momentum_buffers", "grad_avgs")
+    _state_lists = ("square_avgs", "momentum_buffers", "grad_avgs")
+    _op_lists = _element_lists + ("state_steps",)
     _setstate_defaults = {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
                           "differentiable": False, "capturable": False}
 
@@ -63,10 +65,8 @@ class RMSprop(FusedOptimizer):
                     weight_decay=as_float(group["weight_decay"]), momentum=as_float(group["momentum"]),
                     centered=group["centered"], maximize=group["maximize"])
 
-    def _native(self, group, lists):
-        torch.ops.fusedopt.rmsprop_(lists["params"], lists["grads"], lists["square_avgs"],
-                                    lists["momentum_buffers"], lists["grad_avgs"], lists["state_steps"],
-                                    **self._hyper(group))
+    def _structure(self, group):
+        return group["momentum"] > 0, group["centered"]
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)

@@ -11,6 +11,7 @@ class SGD(FusedOptimizer):
 
     _op = "sgd_"
     _element_lists = ("params", "grads", "momentum_buffers")
+    _state_lists = ("momentum_buffers",)
     _setstate_defaults = {"nesterov": False, "maximize": False, "foreach": None,
                           "differentiable": False, "fused": False}
 
@@ -54,7 +55,10 @@ class SGD(FusedOptimizer):
                     momentum=as_float(group["momentum"]), dampening=as_float(group["dampening"]),
                     nesterov=group["nesterov"], maximize=group["maximize"])
 
-    def _native(self, group, lists):
+    def _structure(self, group):
+        return group["momentum"] != 0
+
+    def _run_native(self, group, lists):
         torch.ops.fusedopt.sgd_(lists["params"], lists["grads"], lists["momentum_buffers"],
                                 first_step=lists["first_step"], **self._hyper(group))
 

@@ -8,6 +8,7 @@
 #include "fusedopt/adam.h"
 #include "fusedopt/rmsprop.h"
 #include "fusedopt/sgd.h"
+#include "fusedopt/traffic.h"
 
 namespace fusedopt {
 namespace cpu {
@@ -55,12 +56,17 @@ struct RmspropArgs {
   bool weight_decay, maximize, centered, momentum;
 };
 
+struct TrafficArgs {
+  int states;  // 1 to kMaxStates streams besides the gradient
+};
+
 struct KernelTable {
   const char* isa;
   void (*adam)(const TensorLists&, const AdamArgs&, int64_t slot_begin, int64_t slot_end);
   void (*sgd)(const TensorLists&, const SgdArgs&, int64_t slot_begin, int64_t slot_end);
   void (*adagrad)(const TensorLists&, const AdagradArgs&, int64_t slot_begin, int64_t slot_end);
   void (*rmsprop)(const TensorLists&, const RmspropArgs&, int64_t slot_begin, int64_t slot_end);
+  void (*traffic)(const TensorLists&, const TrafficArgs&, int64_t slot_begin, int64_t slot_end);
 };
 
 // One table per instruction set this build holds (kernels_<isa>.cpp).

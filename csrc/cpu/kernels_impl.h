@@ -191,10 +191,23 @@ void rmsprop(const TensorLists& l, const RmspropArgs& a, int64_t slot_begin, int
   });
 }
 
+void traffic(const TensorLists& l, const TrafficArgs& a, int64_t slot_begin, int64_t slot_end) {
+  with_dtype(l.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using M = typename MathType<T>::type;
+    with_enum<1, 2, 3, 4>(a.states, [&](auto states) {
+      using Update = math::TrafficUpdate<M, states.value>;
+      for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
+        update_piece<T>(Update{}, l, t, b, e);
+      });
+    });
+  });
+}
+
 }  // namespace
 
 const KernelTable& table() {
-  static const KernelTable t{FUSEDOPT_ISA_NAME, &adam, &sgd, &adagrad, &rmsprop};
+  static const KernelTable t{FUSEDOPT_ISA_NAME, &adam, &sgd, &adagrad, &rmsprop, &traffic};
   return t;
 }
 

@@ -118,6 +118,15 @@ void rmsprop_cpu(at::TensorList params, at::TensorList grads, at::TensorList squ
   run(prepared, active_kernels().rmsprop, args);
 }
 
+void traffic_cpu(at::TensorList params, at::TensorList grads, at::TensorList states1,
+                 at::TensorList states2, at::TensorList states3) {
+  PreparedLists prepared("traffic_", c10::DeviceType::CPU, params, grads,
+                         {{"states1", states1}, {"states2", states2}, {"states3", states3}});
+  TrafficArgs args;
+  args.states = 1 + int(!states1.empty()) + int(!states2.empty()) + int(!states3.empty());
+  run(prepared, active_kernels().traffic, args);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fusedopt
@@ -127,4 +136,5 @@ TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
   m.impl("sgd_", &fusedopt::cpu::sgd_cpu);
   m.impl("adagrad_", &fusedopt::cpu::adagrad_cpu);
   m.impl("rmsprop_", &fusedopt::cpu::rmsprop_cpu);
+  m.impl("traffic_", &fusedopt::cpu::traffic_cpu);
 }

@@ -1,0 +1,122 @@
+// The eager fast path. A param group's tensor lists are converted from Python
+// once and kept here, so a step crosses from Python with its scalars only and
+// gathers the gradients from the params in C++: no Python work per tensor.
+// The step itself is the same dispatcher op that the list API calls.
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace fusedopt {
+namespace {
+
+class CachedLists {
+ public:
+  CachedLists(std::vector<at::Tensor> params, std::vector<std::vector<at::Tensor>> states,
+              std::vector<at::Tensor> steps)
+      : params_(std::move(params)), states_(std::move(states)), steps_(std::move(steps)) {
+    states_.resize(3);
+    zeros_.assign(params_.size(), 0);
+  }
+
+  // Whether every param has a gradient (else the caller takes the slow path).
+  bool ready() const {
+    for (const at::Tensor& p : params_) {
+      if (!p.grad().defined()) return false;
+    }
+    return true;
+  }
+
+  // Runs fn(params, grads, states0, states1, states2, steps, zeros) with the
+  // current gradients, holding them only for the call.
+  template <class Fn>
+  void run(Fn&& fn) {
+    grads_.clear();
+    grads_.reserve(params_.size());
+    for (const at::Tensor& p : params_) {
+      const at::Tensor& g = p.grad();
+      TORCH_CHECK(g.defined(), "fusedopt: a param lost its gradient during the step");
+      grads_.push_back(g);
+    }
+    {
+      pybind11::gil_scoped_release no_gil;
+      fn(params_, grads_, states_[0], states_[1], states_[2], steps_, zeros_);
+    }
+    grads_.clear();
+  }
+
+  size_t size() const { return params_.size(); }
+
+ private:
+  std::vector<at::Tensor> params_;
+  std::vector<std::vector<at::Tensor>> states_;
+  std::vector<at::Tensor> steps_;
+  std::vector<at::Tensor> grads_;
+  std::vector<int64_t> zeros_;  // SGD's first_step flags once every buffer exists
+};
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using L = at::TensorList;
+
+void adam_step(CachedLists& c, double lr, double beta1, double beta2, double weight_decay, double eps,
+               bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  static const auto adam = op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool, bool)>(
+      "fusedopt::adam_");
+  c.run([&](auto& p, auto& g, auto& m, auto& v, auto& vmax, auto& steps, auto&) {
+    adam.call(p, g, m, v, vmax, steps, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
+              decoupled_weight_decay);
+  });
+}
+
+void sgd_step(CachedLists& c, double lr, double weight_decay, double momentum, double dampening, bool nesterov,
+              bool maximize) {
+  static const auto sgd = op<void(L, L, L, double, double, double, double, bool, bool, at::IntArrayRef)>(
+      "fusedopt::sgd_");
+  c.run([&](auto& p, auto& g, auto& buf, auto&, auto&, auto&, auto& zeros) {
+    sgd.call(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, maximize,
+             momentum != 0.0 ? at::IntArrayRef(zeros) : at::IntArrayRef());
+  });
+}
+
+void adagrad_step(CachedLists& c, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
+  static const auto adagrad = op<void(L, L, L, L, double, double, double, double, bool)>("fusedopt::adagrad_");
+  c.run([&](auto& p, auto& g, auto& sums, auto&, auto&, auto& steps, auto&) {
+    adagrad.call(p, g, sums, steps, lr, lr_decay, weight_decay, eps, maximize);
+  });
+}
+
+void rmsprop_step(CachedLists& c, double lr, double alpha, double eps, double weight_decay, double momentum,
+                  bool centered, bool maximize) {
+  static const auto rmsprop = op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool)>(
+      "fusedopt::rmsprop_");
+  c.run([&](auto& p, auto& g, auto& sq, auto& buf, auto& grad_avg, auto& steps, auto&) {
+    rmsprop.call(p, g, sq, buf, grad_avg, steps, lr, alpha, eps, weight_decay, momentum, centered, maximize);
+  });
+}
+
+}  // namespace
+}  // namespace fusedopt
+
+// `import fusedopt._C` also loads the op registrations of the other files.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  using fusedopt::CachedLists;
+  py::class_<CachedLists>(m, "CachedLists",
+                          "A param group's params, states and steps, kept in C++ between steps.")
+      .def(py::init<std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>>(),
+           py::arg("params"), py::arg("states"), py::arg("steps"))
+      .def("ready", &CachedLists::ready)
+      .def("__len__", &CachedLists::size);
+  m.def("adam_step", &fusedopt::adam_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("beta1"),
+        py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
+        py::arg("decoupled_weight_decay"));
+  m.def("sgd_step", &fusedopt::sgd_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("weight_decay"),
+        py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"), py::arg("maximize"));
+  m.def("adagrad_step", &fusedopt::adagrad_step, py::arg("lists"), py::kw_only(), py::arg("lr"),
+        py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"));
+  m.def("rmsprop_step", &fusedopt::rmsprop_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("alpha"),
+        py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"));
+}
