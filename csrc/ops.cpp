@@ -48,3 +48,13 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def("cpu_isas_supported() -> str", &cpu_isas_supported);
   m.def("set_cpu_isa(str name) -> str", &set_cpu_isa);
 }
+
+// The ops only mutate tensors and return nothing, and optimizers call them
+// under no_grad: there is nothing for autograd to record. Falling through
+// the Autograd key also spares every call the boxed autograd fallback, which
+// would convert each tensor of every list to an IValue and back.
+TORCH_LIBRARY_IMPL(fusedopt, Autograd, m) {
+  for (const char* name : {"adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_"}) {
+    m.impl(name, torch::CppFunction::makeFallthrough());
+  }
+}
