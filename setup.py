@@ -15,7 +15,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # (csrc/cpu/kernels_<isa>.cpp) and picked at run time, so one build runs on
 # any x86-64. -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt
 # and if-convert selects; neither changes any result (no -ffast-math).
-CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math"]
+# -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in torch's
+# headers, so without it the kernels run on one thread. The extension then
+# needs libgomp.so.1, which resolves to the copy torch has already loaded:
+# one OpenMP runtime and one thread pool for torch and fusedopt.
+CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 
 sources = ["csrc/ops.cpp", "csrc/tensor_lists.cpp", "csrc/cached_step.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 
@@ -26,6 +30,7 @@ setup(
             sources,
             include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")],
             extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=["-fopenmp"],
         )
     ],
     cmdclass={"build_ext": BuildExtension},
