@@ -9,6 +9,10 @@
 namespace fusedopt {
 namespace {
 
+// The accumulated gradient, read straight from autograd's record: Tensor::grad()
+// would also dispatch is_leaf() for a warning that cannot apply to params.
+const at::Tensor& grad_of(const at::Tensor& param) { return param.unsafeGetTensorImpl()->grad(); }
+
 class CachedLists {
  public:
   CachedLists(std::vector<at::Tensor> params, std::vector<std::vector<at::Tensor>> states,
@@ -21,7 +25,7 @@ class CachedLists {
   // Whether every param has a gradient (else the caller takes the slow path).
   bool ready() const {
     for (const at::Tensor& p : params_) {
-      if (!p.grad().defined()) return false;
+      if (!grad_of(p).defined()) return false;
     }
     return true;
   }
@@ -33,7 +37,7 @@ class CachedLists {
     grads_.clear();
     grads_.reserve(params_.size());
     for (const at::Tensor& p : params_) {
-      const at::Tensor& g = p.grad();
+      const at::Tensor& g = grad_of(p);
       TORCH_CHECK(g.defined(), "fusedopt: a param lost its gradient during the step");
       grads_.push_back(g);
     }

@@ -54,51 +54,95 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
   TORCH_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
 
   lists_.count = static_cast<int64_t>(n);
+  device_ = device;
+  if (n > 0 && params[0].defined()) first_dtype_ = params[0].dtype();
   offset_.assign(n + 1, 0);
   grads_.resize(n);
   for (size_t k = 0; k <= used.size(); ++k) states_[k].resize(n);
 
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& param = params[i];
-    TORCH_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
-    TORCH_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
-    TORCH_CHECK(param.device().type() == device, "fusedopt.", op, ": params[", i, "] is on ",
-                param.device(), "; this implementation handles ", c10::DeviceTypeName(device),
-                " tensors");
-    const cpu::Dtype dtype = kernel_dtype(op, param);
-    if (i == 0) {
-      lists_.dtype = dtype;
-    } else {
-      TORCH_CHECK(dtype == lists_.dtype, "fusedopt.", op, ": params[", i, "] is ", param.scalar_type(),
-                  " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+    if (!dense_like_param(param, grads[i], used, i)) {
+      prepare_slowly(op, device, params, grads, used, i);
+      continue;
     }
-    check_writable(op, "params", i, param);
-    check_like_param(op, "grads", i, grads[i], param);
-    bool dense = param.is_non_overlapping_and_dense() && grads[i].strides() == param.strides();
-    for (const NamedList& s : used) {
-      const at::Tensor& t = s.tensors[i];
-      check_like_param(op, s.name, i, t, param);
-      check_writable(op, s.name, i, t);
-      dense = dense && t.strides() == param.strides();
-    }
-
-    // A dense tensor is walked as its storage; anything else through copies.
-    auto operand = [&](const at::Tensor& t, bool mutated) -> const at::Tensor& {
-      if (dense) return t;
-      copies_.push_back(t.contiguous());
-      if (mutated && !t.is_contiguous()) write_back_.emplace_back(t, copies_.back());
-      return copies_.back();
-    };
-    if (!dense) copies_.reserve(copies_.size() + used.size() + 2);
-    states_[0][i] = operand(param, true).data_ptr();
-    grads_[i] = operand(grads[i], false).const_data_ptr();
-    for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = operand(used[k].tensors[i], true).data_ptr();
+    if (i == 0) lists_.dtype = kernel_dtype(op, param);
+    states_[0][i] = param.data_ptr();
+    grads_[i] = grads[i].const_data_ptr();
+    for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
     offset_[i + 1] = offset_[i] + param.numel();
   }
 
   lists_.offset = offset_.data();
   lists_.grads = grads_.data();
   for (size_t k = 0; k <= used.size(); ++k) lists_.states[k] = states_[k].data();
+}
+
+// The common case, tested cheaply: a dense float param of the expected
+// device and of params[0]'s dtype, with every operand of the same dtype,
+// device, shape and strides (so no operand overlaps itself either).
+bool PreparedLists::dense_like_param(const at::Tensor& param, const at::Tensor& grad,
+                                     const std::vector<NamedList>& used, size_t i) const {
+  if (!param.defined()) return false;
+  const c10::TensorImpl* p = param.unsafeGetTensorImpl();
+  if (p->layout() != at::kStrided || p->device_type() != device_ || !p->is_non_overlapping_and_dense()) {
+    return false;
+  }
+  const caffe2::TypeMeta dtype = p->dtype();
+  if (i > 0 ? dtype != first_dtype_ : !at::isFloatingType(dtype.toScalarType())) return false;
+  const c10::IntArrayRef sizes = p->sizes(), strides = p->strides();
+  const auto same = [&](const at::Tensor& tensor) {
+    if (!tensor.defined()) return false;
+    const c10::TensorImpl* t = tensor.unsafeGetTensorImpl();
+    if (t->layout() != at::kStrided || t->dtype() != dtype || t->device() != p->device() ||
+        t->dim() != p->dim()) {
+      return false;
+    }
+    const c10::IntArrayRef t_sizes = t->sizes(), t_strides = t->strides();
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      if (t_sizes[d] != sizes[d] || (sizes[d] > 1 && t_strides[d] != strides[d])) return false;
+    }
+    return true;
+  };
+  if (!same(grad)) return false;
+  for (const NamedList& s : used) {
+    if (!same(s.tensors[i])) return false;
+  }
+  return true;
+}
+
+// Everything else: the checks that name the problem, then copies for layouts
+// the kernel cannot walk as one dense run.
+void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params,
+                                   at::TensorList grads, const std::vector<NamedList>& used, size_t i) {
+  const at::Tensor& param = params[i];
+  TORCH_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
+  TORCH_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
+  TORCH_CHECK(param.device().type() == device, "fusedopt.", op, ": params[", i, "] is on ", param.device(),
+              "; this implementation handles ", c10::DeviceTypeName(device), " tensors");
+  const cpu::Dtype dtype = kernel_dtype(op, param);
+  if (i == 0) {
+    lists_.dtype = dtype;
+  } else {
+    TORCH_CHECK(dtype == lists_.dtype, "fusedopt.", op, ": params[", i, "] is ", param.scalar_type(),
+                " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+  }
+  check_writable(op, "params", i, param);
+  check_like_param(op, "grads", i, grads[i], param);
+  for (const NamedList& s : used) {
+    check_like_param(op, s.name, i, s.tensors[i], param);
+    check_writable(op, s.name, i, s.tensors[i]);
+  }
+  // Not dense with one layout: walk contiguous copies, written back in finish().
+  auto copy = [&](const at::Tensor& t, bool mutated) {
+    copies_.push_back(t.contiguous());
+    if (mutated && !t.is_contiguous()) write_back_.emplace_back(t, copies_.back());
+    return copies_.back().data_ptr();
+  };
+  states_[0][i] = copy(param, true);
+  grads_[i] = copy(grads[i], false);
+  for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = copy(used[k].tensors[i], true);
+  offset_[i + 1] = offset_[i] + param.numel();
 }
 
 void PreparedLists::finish() {

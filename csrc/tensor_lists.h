@@ -34,6 +34,13 @@ class PreparedLists {
   void finish();
 
  private:
+  bool dense_like_param(const at::Tensor& param, const at::Tensor& grad, const std::vector<NamedList>& used,
+                        size_t i) const;
+  void prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
+                      const std::vector<NamedList>& used, size_t i);
+
+  c10::DeviceType device_ = c10::DeviceType::CPU;
+  caffe2::TypeMeta first_dtype_;
   std::vector<at::Tensor> copies_;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back_;  // (original, copy)
   std::vector<int64_t> offset_;
