@@ -1,0 +1,1 @@
+"""The fusedopt benchmark suite: `python -m benchmarks --help`."""

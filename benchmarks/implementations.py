@@ -1,0 +1,125 @@
+"""Every implementation the benchmark can compare, and which of them can run
+a given case. A peer library that is not installed is reported, never an
+error."""
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import fusedopt
+
+TORCH_FUSED = {"SGD", "Adagrad", "Adam", "AdamW"}  # classes with fused=True in torch
+
+
+@dataclass
+class Implementation:
+    name: str
+    # make(cls_name, params, options) -> an object with .step(); None when it
+    # cannot run this algorithm.
+    make: Callable
+    devices: tuple = ("cpu", "cuda")
+    module: Optional[str] = None  # the peer library it needs
+
+    def status(self, cls_name, device, dtype):
+        """None if it can run the case, else why not."""
+        if self.module is not None and importlib.util.find_spec(self.module) is None:
+            return "not installed"
+        if device not in self.devices:
+            return f"no {device} support"
+        try:
+            if self.make(cls_name, None, {}, probe_only=True) is None:
+                return "n/a"
+        except ImportError as exc:
+            return f"import failed: {exc}"
+        return None
+
+
+def _fusedopt(backend):
+    def make(cls_name, params, opts, probe_only=False):
+        if probe_only:
+            return True
+        return getattr(fusedopt, cls_name)(params, **opts, backend=backend)
+    return make
+
+
+def _torch(flavour):
+    def make(cls_name, params, opts, probe_only=False):
+        if flavour == "fused" and cls_name not in TORCH_FUSED:
+            return None
+        if probe_only:
+            return True
+        flags = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[flavour]
+        return getattr(torch.optim, cls_name)(params, **opts, **flags)
+    return make
+
+
+def _adam_options(cls_name, opts):
+    betas = opts.get("betas", (0.9, 0.999))
+    weight_decay = opts.get("weight_decay", 1e-2 if cls_name == "AdamW" else 0.0)
+    return dict(lr=opts.get("lr", 1e-3), betas=betas, eps=opts.get("eps", 1e-8), weight_decay=weight_decay)
+
+
+def _deepspeed_cpu_adam(cls_name, params, opts, probe_only=False):
+    if cls_name not in ("Adam", "AdamW"):
+        return None
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    if probe_only:
+        return True
+    return DeepSpeedCPUAdam(params, adamw_mode=cls_name == "AdamW", **_adam_options(cls_name, opts))
+
+
+def _deepspeed_fused_adam(cls_name, params, opts, probe_only=False):
+    if cls_name not in ("Adam", "AdamW"):
+        return None
+    from deepspeed.ops.adam import FusedAdam
+    if probe_only:
+        return True
+    return FusedAdam(params, adam_w_mode=cls_name == "AdamW", **_adam_options(cls_name, opts))
+
+
+def _apex(cls_name, params, opts, probe_only=False):
+    if cls_name not in ("Adam", "AdamW", "SGD"):
+        return None
+    from apex.optimizers import FusedAdam, FusedSGD
+    if probe_only:
+        return True
+    if cls_name == "SGD":
+        return FusedSGD(params, **opts)
+    return FusedAdam(params, adam_w_mode=cls_name == "AdamW", **_adam_options(cls_name, opts))
+
+
+def _bitsandbytes(cls_name, params, opts, probe_only=False):
+    if cls_name not in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"):
+        return None
+    import bitsandbytes as bnb
+    if probe_only:
+        return True
+    if cls_name == "SGD" and not opts.get("momentum"):
+        return None  # bitsandbytes' SGD requires momentum
+    return getattr(bnb.optim, cls_name)(params, optim_bits=32, **opts)
+
+
+IMPLEMENTATIONS = [
+    Implementation("fusedopt", _fusedopt("native")),
+    Implementation("fusedopt reference", _fusedopt("reference")),
+    Implementation("torch for-loop", _torch("for-loop")),
+    Implementation("torch foreach", _torch("foreach")),
+    Implementation("torch fused", _torch("fused")),
+    Implementation("deepspeed cpu-adam", _deepspeed_cpu_adam, devices=("cpu",), module="deepspeed"),
+    Implementation("deepspeed fused-adam", _deepspeed_fused_adam, devices=("cuda",), module="deepspeed"),
+    Implementation("apex fused", _apex, devices=("cuda",), module="apex"),
+    Implementation("bitsandbytes 32-bit", _bitsandbytes, devices=("cuda",), module="bitsandbytes"),
+]
+
+TORCH_IMPLEMENTATIONS = ("torch for-loop", "torch foreach", "torch fused")
+
+
+def by_name(names=None):
+    if names is None:
+        return list(IMPLEMENTATIONS)
+    known = {impl.name: impl for impl in IMPLEMENTATIONS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown implementation(s) {unknown}; choose from {sorted(known)}")
+    return [known[n] for n in names]
