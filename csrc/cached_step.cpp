@@ -23,9 +23,16 @@ class CachedLists {
   }
 
   // Whether every param has a gradient (else the caller takes the slow path).
+  // Between steps the params' metadata has left the cache; the chain param ->
+  // autograd meta -> grad is fetched stage by stage for all params at once,
+  // so the misses overlap instead of queueing one behind the other.
   bool ready() const {
+    for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl());
+    for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl()->autograd_meta());
     for (const at::Tensor& p : params_) {
-      if (!grad_of(p).defined()) return false;
+      const at::Tensor& g = grad_of(p);
+      if (!g.defined()) return false;
+      __builtin_prefetch(g.unsafeGetTensorImpl());
     }
     return true;
   }

@@ -38,6 +38,25 @@ void check_writable(const char* op, const char* name, size_t i, const at::Tensor
               i, "] has elements that share memory (an expanded view?); it cannot be updated in place");
 }
 
+// Between steps the metadata of thousands of small tensors (TensorImpl,
+// StorageImpl, the step values) falls out of cache, and reading it tensor by
+// tensor waits for one miss after another. These passes ask for all of it
+// first, so the misses overlap.
+void prefetch_impls(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors) {
+    const char* impl = reinterpret_cast<const char*>(t.unsafeGetTensorImpl());
+    for (int line = 0; line < 4; ++line) __builtin_prefetch(impl + 64 * line);
+  }
+}
+
+void prefetch_storages(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors) {
+    if (t.defined() && t.has_storage()) {
+      __builtin_prefetch(t.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl());
+    }
+  }
+}
+
 }  // namespace
 
 PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorList params,
@@ -52,6 +71,13 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
     used.push_back(s);
   }
   TORCH_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
+
+  prefetch_impls(params);
+  prefetch_impls(grads);
+  for (const NamedList& s : used) prefetch_impls(s.tensors);
+  prefetch_storages(params);
+  prefetch_storages(grads);
+  for (const NamedList& s : used) prefetch_storages(s.tensors);
 
   lists_.count = static_cast<int64_t>(n);
   device_ = device;
@@ -153,6 +179,11 @@ void PreparedLists::finish() {
 std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected) {
   TORCH_CHECK(steps.size() == expected, "fusedopt.", op, ": got ", expected, " params but ",
               steps.size(), " state_steps");
+  prefetch_impls(steps);
+  prefetch_storages(steps);
+  for (const at::Tensor& s : steps) {
+    if (s.defined() && s.has_storage()) __builtin_prefetch(s.const_data_ptr());
+  }
   std::vector<double> values(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     const at::Tensor& s = steps[i];
