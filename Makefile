@@ -15,7 +15,7 @@ test: $(BUILT)
 	$(PY) -m pytest -q tests
 
 bench: $(BUILT)
-	$(PY) -m benchmarks.step_time
+	$(PY) -m benchmarks
 
 build: $(BUILT)
 

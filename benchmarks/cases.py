@@ -17,7 +17,7 @@ ALGORITHMS = {
 LAYOUTS = ("large", "small", "transformer")
 
 
-def transformer_shapes(d_model=768, layers=8, vocab=8192):
+def transformer_shapes(d_model=640, layers=8, vocab=8192):
     """About a hundred tensors of a GPT-like stack (embeddings, attention and
     MLP weights, biases, norms): tens of millions of parameters."""
     shapes = [(vocab, d_model), (1024, d_model)]

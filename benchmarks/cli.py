@@ -49,7 +49,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.train:
         from examples import train_compare
-        return train_compare.main(["--out-dir", args.out_dir])
+        train_compare.main(["--out-dir", args.out_dir])
+        return 0
     algorithms = [a for a in args.algorithms.split(",") if a]
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:

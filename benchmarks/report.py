@@ -38,20 +38,21 @@ def _fmt(value, spec, missing=""):
 
 def table(cases):
     """Text table: one block per case, rows sorted fastest first."""
-    lines = [f"{'algorithm':<17}{'layout':<30}{'implementation':<22}{'median ms':>10}{'GB/s':>8}"
+    lines = [f"{'algorithm':<17}{'layout':<34}{'implementation':<22}{'median ms':>10}{'GB/s':>8}"
              f"{'% limit':>9}{'vs torch':>10}{'rel error':>11}  check"]
     for rows in cases:
         limit, best = limit_row(rows), torch_best(rows)
         ran = sorted((r for r in rows if r.times_s and r.implementation != LIMIT), key=lambda r: r.median_ms)
         for r in [limit] + ran + [r for r in rows if not r.times_s]:
             if not r.times_s:
-                lines.append(f"{r.algorithm:<17}{r.layout:<30}{r.implementation:<22}{r.status:>10}")
+                lines.append(f"{r.algorithm:<17}{r.layout:<34}{r.implementation:<22}{r.status:>10}")
                 continue
             pct = 100 * limit.median_ms / r.median_ms
             speedup = best.median_ms / r.median_ms if best is not None and r.implementation != LIMIT else None
+            speedup = "" if speedup is None else f"{speedup:.2f}x"
             check = "" if r.error is None else ("WRONG" if r.wrong else "ok")
-            lines.append(f"{r.algorithm:<17}{r.layout:<30}{r.implementation:<22}{r.median_ms:>10.2f}"
-                         f"{r.gb_per_s:>8.1f}{pct:>8.0f}%{_fmt(speedup, '.2f') + 'x':>10}"
+            lines.append(f"{r.algorithm:<17}{r.layout:<34}{r.implementation:<22}{r.median_ms:>10.2f}"
+                         f"{r.gb_per_s:>8.1f}{pct:>8.0f}%{speedup:>10}"
                          f"{_fmt(r.error, '.1e'):>11}  {check}")
         lines.append("")
     return "\n".join(lines)
@@ -85,19 +86,22 @@ def write_chart(path, cases):
     for ax, layout in zip(axes[:, 0], layouts):
         blocks = [rows for rows in cases if rows[0].layout == layout]
         for j, name in enumerate(impls):
-            xs, ys = [], []
+            xs, ys, wrong = [], [], []
             for i, rows in enumerate(blocks):
                 row = next((r for r in rows if r.implementation == name and r.times_s), None)
                 if row is not None:
                     xs.append(i + (j - (len(impls) - 1) / 2) * width)
                     ys.append(row.median_ms)
+                    wrong.append(row.wrong)
             ax.bar(xs, ys, width, label=name)
+            # A wrong result is marked however fast it was.
+            ax.plot([x for x, w in zip(xs, wrong) if w], [y * 1.15 for y, w in zip(ys, wrong) if w], "rx")
         for i, rows in enumerate(blocks):
             ax.hlines(limit_row(rows).median_ms, i - 0.45, i + 0.45, colors="black", linewidth=2)
         ax.set_xticks(range(len(blocks)), [rows[0].algorithm for rows in blocks])
         ax.set_yscale("log")
         ax.set_ylabel("median step time (ms)")
-        ax.set_title(f"{layout}; black line: {LIMIT} (same bytes, trivial arithmetic)")
+        ax.set_title(f"{layout}; black line: {LIMIT} (same bytes, trivial arithmetic); red x: wrong result")
     axes[0, 0].legend(ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,93 @@
+"""The benchmark suite runs, writes every row, and its correctness column
+catches a wrong implementation. (It never asserts timings.)"""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+from benchmarks import cli, implementations  # noqa: E402
+from benchmarks.implementations import Implementation  # noqa: E402
+from benchmarks.measure import LIMIT, run_case  # noqa: E402
+
+TINY = ["--numel", "5000", "--small-count", "20", "--small-size", "33", "--repeats", "2", "--warmup", "1"]
+
+
+def test_runs_and_writes_every_row(tmp_path, capsys):
+    assert cli.main(TINY + ["--algorithms", "adam,sgd-nesterov,rmsprop", "--layouts", "large,small",
+                            "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["torch"] == torch.__version__
+    names = [impl.name for impl in implementations.IMPLEMENTATIONS] + [LIMIT]
+    seen = {(r["algorithm"], r["layout"].split()[0], r["implementation"]) for r in data["rows"]}
+    for algorithm in ("adam", "sgd-nesterov", "rmsprop"):
+        for layout in ("large", "small"):
+            for name in names:
+                assert (algorithm, layout, name) in seen
+    for row in data["rows"]:
+        if row["status"] == "ok":
+            assert len(row["times_s"]) == 2 and row["median_ms"] > 0
+            if row["implementation"].startswith("fusedopt"):
+                assert row["error"] < 1e-5 and not row["wrong"]
+        else:
+            assert not row["times_s"]
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+    assert "fusedopt" in capsys.readouterr().out
+
+
+class _WrongAdam(torch.optim.Adam):
+    """Adam that forgets the first bias correction: fast, plausible, wrong."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["lr"] = 1e-3 * (1 - 0.9)
+        return super().step(closure)
+
+
+def test_correctness_column_catches_a_wrong_implementation():
+    wrong = Implementation("wrong adam", lambda cls, params, opts, probe_only=False:
+                           True if probe_only else _WrongAdam(params, **opts))
+    rows = run_case("adam", "large", [(4096,), (7,)], implementations.by_name(["fusedopt", "torch for-loop"]),
+                    repeats=1, warmup=0, extra_impls=[wrong])
+    by_name = {r.implementation: r for r in rows}
+    assert by_name["wrong adam"].wrong
+    assert not by_name["fusedopt"].wrong and not by_name["torch for-loop"].wrong
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--algorithms", "adam,lion"], "unknown algorithm"),
+    (["--layouts", "huge"], "unknown layout"),
+    (["--implementations", "fusedopt,magic"], "unknown implementation"),
+    (["--layouts", "model:resnet9000"], "unknown model"),
+])
+def test_bad_options_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(TINY + argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_exits_with_a_message(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(TINY + ["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_model_layout_uses_a_real_module():
+    from benchmarks.cases import model_shapes
+    shapes = model_shapes("transformer")
+    assert len(shapes) > 20 and (512, 512) in shapes
+
+
+def test_training_demo_curves_overlap(tmp_path):
+    from examples import train_compare
+    results = train_compare.main(["--steps", "40", "--out-dir", str(tmp_path)])
+    (ours, _), (theirs, _) = results.values()
+    assert sum(ours[-10:]) < sum(ours[:10])
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-2
+    assert (tmp_path / "train_compare.png").exists()
