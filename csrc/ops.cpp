@@ -39,6 +39,21 @@ TORCH_LIBRARY(fusedopt, m) {
       "rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, "
       "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, *, float lr, "
       "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize) -> ()");
+  // fusedopt.classic, the seed document's update(w, alpha, dw, dr, lambdaa):
+  // g = dw + lambdaa * dr (drs may be empty: g = dw). Empty velocities mean
+  // no momentum.
+  m.def(
+      "classic_sgd_(Tensor(a!)[] ws, Tensor[] dws, Tensor[] drs, Tensor(b!)[] velocities, *, float alpha, "
+      "float lambdaa, float epsilon, bool nesterov) -> ()");
+  m.def(
+      "classic_adagrad_(Tensor(a!)[] ws, Tensor[] dws, Tensor[] drs, Tensor(b!)[] rs, *, float alpha, "
+      "float lambdaa, float delta) -> ()");
+  m.def(
+      "classic_rmsprop_(Tensor(a!)[] ws, Tensor[] dws, Tensor[] drs, Tensor(b!)[] rs, Tensor(c!)[] velocities, "
+      "*, float alpha, float lambdaa, float rho, float delta, float epsilon) -> ()");
+  m.def(
+      "classic_adam_(Tensor(a!)[] ws, Tensor[] dws, Tensor[] drs, Tensor(b!)[] ss, Tensor(c!)[] rs, "
+      "Tensor(d!)[] steps, *, float alpha, float lambdaa, float rho1, float rho2, float delta) -> ()");
   // The memory traffic of a step with trivial arithmetic (a benchmark yardstick):
   // each non-empty list is read and written once, grads read once.
   m.def(
@@ -54,7 +69,8 @@ TORCH_LIBRARY(fusedopt, m) {
 // the Autograd key also spares every call the boxed autograd fallback, which
 // would convert each tensor of every list to an IValue and back.
 TORCH_LIBRARY_IMPL(fusedopt, Autograd, m) {
-  for (const char* name : {"adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_"}) {
+  for (const char* name : {"adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_", "classic_sgd_", "classic_adagrad_",
+                           "classic_rmsprop_", "classic_adam_"}) {
     m.impl(name, torch::CppFunction::makeFallthrough());
   }
 }

@@ -60,9 +60,16 @@ void prefetch_storages(at::TensorList tensors) {
 }  // namespace
 
 PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorList params,
-                             at::TensorList grads, std::initializer_list<NamedList> states) {
+                             at::TensorList grads, std::initializer_list<NamedList> states,
+                             at::TensorList reg_grads) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", grads.size(), " grads");
+  std::vector<NamedList> inputs{{"grads", grads}};
+  if (!reg_grads.empty()) {
+    TORCH_CHECK(reg_grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", reg_grads.size(),
+                " regularization gradients");
+    inputs.push_back({"reg_grads", reg_grads});
+  }
   std::vector<NamedList> used;
   for (const NamedList& s : states) {
     if (s.tensors.empty() && n > 0) continue;
@@ -73,41 +80,42 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
   TORCH_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
 
   prefetch_impls(params);
-  prefetch_impls(grads);
+  for (const NamedList& s : inputs) prefetch_impls(s.tensors);
   for (const NamedList& s : used) prefetch_impls(s.tensors);
   prefetch_storages(params);
-  prefetch_storages(grads);
+  for (const NamedList& s : inputs) prefetch_storages(s.tensors);
   for (const NamedList& s : used) prefetch_storages(s.tensors);
 
   lists_.count = static_cast<int64_t>(n);
   device_ = device;
   if (n > 0 && params[0].defined()) first_dtype_ = params[0].dtype();
   offset_.assign(n + 1, 0);
-  grads_.resize(n);
+  for (size_t k = 0; k < inputs.size(); ++k) inputs_[k].resize(n);
   for (size_t k = 0; k <= used.size(); ++k) states_[k].resize(n);
 
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& param = params[i];
-    if (!dense_like_param(param, grads[i], used, i)) {
-      prepare_slowly(op, device, params, grads, used, i);
+    if (!dense_like_param(param, inputs, used, i)) {
+      prepare_slowly(op, device, params, inputs, used, i);
       continue;
     }
     if (i == 0) lists_.dtype = kernel_dtype(op, param);
     states_[0][i] = param.data_ptr();
-    grads_[i] = grads[i].const_data_ptr();
+    for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = inputs[k].tensors[i].const_data_ptr();
     for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
     offset_[i + 1] = offset_[i] + param.numel();
   }
 
   lists_.offset = offset_.data();
-  lists_.grads = grads_.data();
+  lists_.grads = inputs_[0].data();
+  if (inputs.size() > 1) lists_.reg_grads = inputs_[1].data();
   for (size_t k = 0; k <= used.size(); ++k) lists_.states[k] = states_[k].data();
 }
 
 // The common case, tested cheaply: a dense float param of the expected
 // device and of params[0]'s dtype, with every operand of the same dtype,
 // device, shape and strides (so no operand overlaps itself either).
-bool PreparedLists::dense_like_param(const at::Tensor& param, const at::Tensor& grad,
+bool PreparedLists::dense_like_param(const at::Tensor& param, const std::vector<NamedList>& inputs,
                                      const std::vector<NamedList>& used, size_t i) const {
   if (!param.defined()) return false;
   const c10::TensorImpl* p = param.unsafeGetTensorImpl();
@@ -130,7 +138,9 @@ bool PreparedLists::dense_like_param(const at::Tensor& param, const at::Tensor& 
     }
     return true;
   };
-  if (!same(grad)) return false;
+  for (const NamedList& s : inputs) {
+    if (!same(s.tensors[i])) return false;
+  }
   for (const NamedList& s : used) {
     if (!same(s.tensors[i])) return false;
   }
@@ -140,7 +150,8 @@ bool PreparedLists::dense_like_param(const at::Tensor& param, const at::Tensor& 
 // Everything else: the checks that name the problem, then copies for layouts
 // the kernel cannot walk as one dense run.
 void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params,
-                                   at::TensorList grads, const std::vector<NamedList>& used, size_t i) {
+                                   const std::vector<NamedList>& inputs, const std::vector<NamedList>& used,
+                                   size_t i) {
   const at::Tensor& param = params[i];
   TORCH_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
   TORCH_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
@@ -154,7 +165,7 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
                 " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
   }
   check_writable(op, "params", i, param);
-  check_like_param(op, "grads", i, grads[i], param);
+  for (const NamedList& s : inputs) check_like_param(op, s.name, i, s.tensors[i], param);
   for (const NamedList& s : used) {
     check_like_param(op, s.name, i, s.tensors[i], param);
     check_writable(op, s.name, i, s.tensors[i]);
@@ -166,7 +177,7 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
     return copies_.back().data_ptr();
   };
   states_[0][i] = copy(param, true);
-  grads_[i] = copy(grads[i], false);
+  for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = copy(inputs[k].tensors[i], false);
   for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = copy(used[k].tensors[i], true);
   offset_[i + 1] = offset_[i] + param.numel();
 }

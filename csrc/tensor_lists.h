@@ -25,8 +25,10 @@ class PreparedLists {
   // the params' dtype and shape, and be strided. A tensor whose operands are
   // not dense with one common layout is walked through contiguous copies
   // that finish() writes back, so no update is lost.
+  // reg_grads (fusedopt.classic's dr), when not empty, is a second read-only
+  // list checked like grads.
   PreparedLists(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
-                std::initializer_list<NamedList> states);
+                std::initializer_list<NamedList> states, at::TensorList reg_grads = {});
 
   cpu::TensorLists& lists() { return lists_; }
   int64_t size() const { return lists_.count; }
@@ -34,17 +36,17 @@ class PreparedLists {
   void finish();
 
  private:
-  bool dense_like_param(const at::Tensor& param, const at::Tensor& grad, const std::vector<NamedList>& used,
-                        size_t i) const;
-  void prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
-                      const std::vector<NamedList>& used, size_t i);
+  bool dense_like_param(const at::Tensor& param, const std::vector<NamedList>& inputs,
+                        const std::vector<NamedList>& used, size_t i) const;
+  void prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params,
+                      const std::vector<NamedList>& inputs, const std::vector<NamedList>& used, size_t i);
 
   c10::DeviceType device_ = c10::DeviceType::CPU;
   caffe2::TypeMeta first_dtype_;
   std::vector<at::Tensor> copies_;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back_;  // (original, copy)
   std::vector<int64_t> offset_;
-  std::vector<const void*> grads_;
+  std::vector<const void*> inputs_[2];  // grads, reg_grads
   std::vector<void*> states_[cpu::kMaxStates];
   cpu::TensorLists lists_;
 };

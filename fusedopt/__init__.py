@@ -7,7 +7,7 @@ one pass over memory, in native kernels (C++ with SIMD and threads on the CPU).
 fusedopt.reference holds a readable pure-PyTorch version of every algorithm;
 fusedopt.info() tells what this installation runs.
 """
-from . import reference
+from . import classic, reference
 from ._native import info, set_cpu_isa
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
@@ -16,4 +16,4 @@ from .sgd import SGD
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "info", "reference", "set_cpu_isa"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "classic", "info", "reference", "set_cpu_isa"]

@@ -2,7 +2,8 @@
 tracing can run a step: every op mutates its inputs and returns nothing."""
 import torch
 
-_OPS = ("adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_")
+_OPS = ("adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_", "classic_sgd_", "classic_adagrad_",
+        "classic_rmsprop_", "classic_adam_")
 
 
 def _mutates_only(*args, **kwargs):

@@ -38,11 +38,18 @@ def _op_calls(dtype):
                                                             maximize=False)),
         (ops.rmsprop_.default, (p, g, pos(), st(), st(), steps()), dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.0,
                                                                         momentum=0.9, centered=True, maximize=False)),
+        (ops.traffic_.default, (p, g, st(), st(), []), {}),
+        (ops.classic_sgd_.default, (p, g, g, st()), dict(alpha=0.1, lambdaa=0.5, epsilon=0.9, nesterov=True)),
+        (ops.classic_adagrad_.default, (p, g, [], pos()), dict(alpha=0.1, lambdaa=0.0, delta=1e-6)),
+        (ops.classic_rmsprop_.default, (p, g, g, pos(), st()), dict(alpha=0.01, lambdaa=0.5, rho=0.9, delta=1e-6,
+                                                                    epsilon=0.5)),
+        (ops.classic_adam_.default, (p, g, g, st(), pos(), steps()), dict(alpha=0.01, lambdaa=0.5, rho1=0.9, rho2=0.99,
+                                                                          delta=1e-6)),
     ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(11))
 def test_opcheck(index, dtype):
     op, args, kwargs = _op_calls(dtype)[index]
     torch.library.opcheck(op, args, kwargs)

@@ -26,6 +26,9 @@ struct TensorLists {
   const int64_t* offset = nullptr;  // count + 1 prefix sums of numel
   const void* const* grads = nullptr;
   void* const* states[kMaxStates] = {};
+  // fusedopt.classic: when set, the gradient is grads + reg_weight * reg_grads.
+  const void* const* reg_grads = nullptr;
+  double reg_weight = 0.0;
   // The work is cut into `slots` nearly equal element ranges across the whole
   // list; a kernel call handles slots [slot_begin, slot_end).
   int64_t slots = 1;
@@ -54,6 +57,7 @@ struct AdagradArgs {
 struct RmspropArgs {
   math::RmspropHyper hyper;
   bool weight_decay, maximize, centered, momentum;
+  bool seed_form = false;  // fusedopt.classic: eps inside the root, velocity momentum
 };
 
 struct TrafficArgs {

@@ -25,7 +25,11 @@ namespace FUSEDOPT_ISA {
 namespace {
 
 struct BFloat16 { uint16_t bits; };
-using Half = _Float16;
+// IEEE binary16 as raw bits: GCC 12 does not vectorize conversions of its
+// _Float16 type (each element would go through scalar vcvtph2ps and even a
+// libgcc call), so Half is converted with integer and float bit operations
+// that vectorize like everything else.
+struct Half { uint16_t bits; };
 
 template <typename T> struct MathType { using type = float; };
 template <> struct MathType<double> { using type = double; };
@@ -34,17 +38,48 @@ template <> struct MathType<double> { using type = double; };
 
 FUSEDOPT_ALWAYS_INLINE float to_math(float x) { return x; }
 FUSEDOPT_ALWAYS_INLINE double to_math(double x) { return x; }
-FUSEDOPT_ALWAYS_INLINE float to_math(Half x) { return static_cast<float>(x); }
-FUSEDOPT_ALWAYS_INLINE float to_math(BFloat16 x) {
-  const uint32_t bits = static_cast<uint32_t>(x.bits) << 16;
+FUSEDOPT_ALWAYS_INLINE float bits_to_float(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
+FUSEDOPT_ALWAYS_INLINE uint32_t float_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+// binary16 -> binary32, exact. Normal numbers: move exponent and mantissa
+// into place and rescale by 2^-112 (which also maps Inf/NaN exponents to
+// Inf/NaN). Subnormals: build 0.5 + m * 2^-24 and subtract 0.5.
+FUSEDOPT_ALWAYS_INLINE float to_math(Half x) {
+  const uint32_t w = static_cast<uint32_t>(x.bits) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normal = bits_to_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float subnormal = bits_to_float((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t magnitude = two_w < (1u << 27) ? float_to_bits(subnormal) : float_to_bits(normal);
+  return bits_to_float(sign | magnitude);
+}
+FUSEDOPT_ALWAYS_INLINE float to_math(BFloat16 x) { return bits_to_float(static_cast<uint32_t>(x.bits) << 16); }
+
 template <typename T> FUSEDOPT_ALWAYS_INLINE T from_math(float x);
 template <> FUSEDOPT_ALWAYS_INLINE float from_math<float>(float x) { return x; }
-template <> FUSEDOPT_ALWAYS_INLINE Half from_math<Half>(float x) { return static_cast<Half>(x); }
+// binary32 -> binary16, rounded to nearest even by the float addition that
+// aligns the mantissa (scaling by 2^112 * 2^-110 first sends overflow to Inf);
+// NaN becomes the quiet NaN 0x7E00 with its sign.
+template <> FUSEDOPT_ALWAYS_INLINE Half from_math<Half>(float x) {
+  const uint32_t w = float_to_bits(x);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  const float base = (std::fabs(x) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t bits = float_to_bits(bits_to_float((bias >> 1) + 0x07800000u) + base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return Half{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
+}
 // Round to nearest even, NaN to the canonical quiet NaN, as c10::BFloat16.
 template <> FUSEDOPT_ALWAYS_INLINE BFloat16 from_math<BFloat16>(float x) {
   uint32_t bits;
@@ -65,13 +100,31 @@ FUSEDOPT_ALWAYS_INLINE T store_as(M x) {
 // used because its privatized copy of `s` blocks vectorization in GCC 12.
 // The functor is copied so its scalars live in registers, not behind a
 // pointer that the stores might alias.
-template <typename T, class Update, typename... Ptr>
-void update_run(const Update& update, const T* __restrict grad, int64_t n, Ptr __restrict... state) {
+// Where a run's gradient comes from: one stream, or the seed document's
+// dw + lambdaa * dr (fusedopt.classic).
+template <typename T>
+struct PlainGrad {
+  const T* grad;
+  FUSEDOPT_ALWAYS_INLINE auto operator()(int64_t i) const { return to_math(grad[i]); }
+};
+
+template <typename T>
+struct RegularizedGrad {
+  const T* dw;
+  const T* dr;
+  typename MathType<T>::type lambdaa;
+  FUSEDOPT_ALWAYS_INLINE auto operator()(int64_t i) const {
+    return math::regularized_grad(to_math(dw[i]), to_math(dr[i]), lambdaa);
+  }
+};
+
+template <typename T, class Update, class Grad, typename... Ptr>
+void update_run(const Update& update, const Grad grad, int64_t n, Ptr __restrict... state) {
   using M = typename MathType<T>::type;
   const Update u = update;
   for (int64_t i = 0; i < n; ++i) {
     M s[sizeof...(Ptr)] = {to_math(state[i])...};
-    u(to_math(grad[i]), s);
+    u(grad(i), s);
     int k = 0;
     ((state[i] = store_as<T>(s[k++])), ...);
   }
@@ -80,8 +133,14 @@ void update_run(const Update& update, const T* __restrict grad, int64_t n, Ptr _
 template <typename T, class Update, std::size_t... K>
 void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
                   std::index_sequence<K...>) {
-  update_run<T>(u, static_cast<const T*>(l.grads[t]) + begin, end - begin,
-                (static_cast<T*>(l.states[K][t]) + begin)...);
+  using M = typename MathType<T>::type;
+  const T* grad = static_cast<const T*>(l.grads[t]) + begin;
+  if (l.reg_grads != nullptr) {
+    const RegularizedGrad<T> g{grad, static_cast<const T*>(l.reg_grads[t]) + begin, static_cast<M>(l.reg_weight)};
+    update_run<T>(u, g, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
+  } else {
+    update_run<T>(u, PlainGrad<T>{grad}, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
+  }
 }
 
 // One dense piece [begin, end) of tensor t.
@@ -140,11 +199,12 @@ void sgd(const TensorLists& l, const SgdArgs& a, int64_t slot_begin, int64_t slo
     using M = typename MathType<T>::type;
     with_bool(a.maximize, [&](auto maximize) {
       with_bool(a.weight_decay, [&](auto decay) {
-        with_enum<Momentum::kNone, Momentum::kClassic, Momentum::kNesterov>(a.momentum, [&](auto mom) {
+        with_enum<Momentum::kNone, Momentum::kClassic, Momentum::kNesterov, Momentum::kVelocity,
+                  Momentum::kVelocityNesterov>(a.momentum, [&](auto mom) {
           using Later = math::SgdUpdate<M, maximize.value, decay.value, mom.value, false>;
           using First = math::SgdUpdate<M, maximize.value, decay.value, mom.value, true>;
           for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
-            if (mom.value != Momentum::kNone && a.first_step[t]) {
+            if ((mom.value == Momentum::kClassic || mom.value == Momentum::kNesterov) && a.first_step[t]) {
               update_piece<T>(First(a.hyper), l, t, b, e);
             } else {
               update_piece<T>(Later(a.hyper), l, t, b, e);
@@ -179,10 +239,13 @@ void rmsprop(const TensorLists& l, const RmspropArgs& a, int64_t slot_begin, int
       with_bool(a.weight_decay, [&](auto decay) {
         with_bool(a.centered, [&](auto centered) {
           with_bool(a.momentum, [&](auto momentum) {
-            using Update = math::RmspropUpdate<M, maximize.value, decay.value, centered.value, momentum.value>;
-            const Update update(a.hyper);
-            for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
-              update_piece<T>(update, l, t, b, e);
+            with_bool(a.seed_form, [&](auto seed) {
+              using Update =
+                  math::RmspropUpdate<M, maximize.value, decay.value, centered.value, momentum.value, seed.value>;
+              const Update update(a.hyper);
+              for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
+                update_piece<T>(update, l, t, b, e);
+              });
             });
           });
         });

@@ -1,40 +1,18 @@
 // CPU implementations of the fusedopt ops: check the tensor lists, turn them
 // into plain pointers, form the per-step scalars in double, and run the
 // kernel for the active instruction set in one parallel region.
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "kernel_api.h"
+#include "run_kernel.h"
 #include "../tensor_lists.h"
 
 namespace fusedopt {
 namespace cpu {
 namespace {
-
-// Below this many elements per thread, waking another thread costs more than
-// it saves.
-constexpr int64_t kMinElementsPerSlot = 16384;
-
-template <class Args>
-using KernelFn = void (*)(const TensorLists&, const Args&, int64_t, int64_t);
-
-template <class Args>
-void run(PreparedLists& prepared, KernelFn<Args> kernel, const Args& args) {
-  TensorLists& l = prepared.lists();
-  const int64_t total = l.offset[l.count];
-  if (total == 0) return prepared.finish();
-  l.slots = std::clamp<int64_t>(total / kMinElementsPerSlot, 1, at::get_num_threads());
-  if (l.slots == 1) {
-    kernel(l, args, 0, 1);
-  } else {
-    at::parallel_for(0, l.slots, 1, [&](int64_t begin, int64_t end) { kernel(l, args, begin, end); });
-  }
-  prepared.finish();
-}
 
 void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
               at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,

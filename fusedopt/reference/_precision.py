@@ -6,16 +6,17 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @contextmanager
-def math_precision(grad, *states):
+def math_precision(grad, *states, inputs=1):
     """Yields (grad, *states) in the math dtype: float32 copies for bfloat16 and
-    float16 tensors (written back to `states` on exit), the tensors themselves
-    otherwise."""
+    float16 tensors (written back to the states on exit), the tensors
+    themselves otherwise. The first `inputs` of (grad, *states) are read-only."""
+    tensors = (grad, *states)
     if grad.dtype not in _LOW_PRECISION:
-        yield (grad, *states)
+        yield tensors
         return
-    upcast = [t.float() for t in states]
-    yield (grad.float(), *upcast)
-    for t, u in zip(states, upcast):
+    upcast = [t.float() for t in tensors]
+    yield tuple(upcast)
+    for t, u in list(zip(tensors, upcast))[inputs:]:
         t.copy_(u)
 
 

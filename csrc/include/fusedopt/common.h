@@ -51,5 +51,12 @@ FUSEDOPT_HD M effective_grad(M grad, M param, M weight_decay) {
   return grad;
 }
 
+// The gradient of the seed document's layer API: the loss gradient plus the
+// weighted regularization gradient, g = dw + lambdaa * dr.
+template <typename M>
+FUSEDOPT_HD M regularized_grad(M dw, M dr, M lambdaa) {
+  return dw + lambdaa * dr;
+}
+
 }  // namespace math
 }  // namespace fusedopt

@@ -3,6 +3,9 @@
 //   v = alpha v + (1 - alpha) g^2;  c = lerp(c, g, 1 - alpha) (centered)
 //   a = sqrt(v - c^2) or sqrt(v), plus eps
 //   b = momentum b + g / a, p -= lr b   (momentum)   or   p -= lr g / a
+// The seed document's form (fusedopt.classic, SeedForm = true) puts eps
+// inside the root, a = sqrt(v + eps), and keeps a velocity:
+//   b = momentum b - lr g / a, p += b.
 #pragma once
 
 #include "fusedopt/common.h"
@@ -16,7 +19,7 @@ struct RmspropHyper {
 
 // Slots: s[0] param, s[1] square_avg, then momentum_buffer (if Momentum), then
 // grad_avg (if Centered).
-template <typename M, bool Maximize, bool L2Decay, bool Centered, bool Momentum>
+template <typename M, bool Maximize, bool L2Decay, bool Centered, bool Momentum, bool SeedForm = false>
 struct RmspropUpdate {
   static constexpr int kBufferSlot = 2;
   static constexpr int kGradAvgSlot = Momentum ? 3 : 2;
@@ -42,11 +45,17 @@ struct RmspropUpdate {
       M& grad_avg = s[kGradAvgSlot];
       grad_avg = lerp(grad_avg, grad, one_minus_alpha);
       avg = sqrt_(square_avg - grad_avg * grad_avg);
+    } else if constexpr (SeedForm) {
+      avg = sqrt_(square_avg + eps);
     } else {
       avg = sqrt_(square_avg);
     }
-    avg = avg + eps;
-    if constexpr (Momentum) {
+    if constexpr (!SeedForm) avg = avg + eps;
+    if constexpr (Momentum && SeedForm) {
+      M& velocity = s[kBufferSlot];
+      velocity = momentum * velocity + neg_lr * (grad / avg);
+      param = param + velocity;
+    } else if constexpr (Momentum) {
       M& buf = s[kBufferSlot];
       buf = buf * momentum + grad / avg;
       param = param + neg_lr * buf;

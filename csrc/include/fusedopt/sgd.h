@@ -2,6 +2,9 @@
 // torch.optim.SGD computes it (Sutskever et al., 2013 form):
 //   b = g on the first step, else momentum b + (1 - dampening) g
 //   d = g + momentum b (nesterov) or b;    p -= lr d
+// and in the velocity form of the seed document (fusedopt.classic):
+//   v = momentum v - lr g;   p += v,  or  p += momentum v - lr g (Nesterov,
+//   with the gradient taken at p).
 #pragma once
 
 #include "fusedopt/common.h"
@@ -13,7 +16,7 @@ struct SgdHyper {
   double lr, momentum, dampening, weight_decay;
 };
 
-enum class Momentum : int { kNone = 0, kClassic = 1, kNesterov = 2 };
+enum class Momentum : int { kNone = 0, kClassic = 1, kNesterov = 2, kVelocity = 3, kVelocityNesterov = 4 };
 
 // Slots: s[0] param, s[1] momentum_buffer. `First` is the step on which the
 // buffer is born (torch clones the gradient into it).
@@ -32,7 +35,16 @@ struct SgdUpdate {
   FUSEDOPT_HD void operator()(M grad, M* s) const {
     M& param = s[0];
     grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
-    if constexpr (Mom != Momentum::kNone) {
+    if constexpr (Mom == Momentum::kVelocity || Mom == Momentum::kVelocityNesterov) {
+      M& velocity = s[1];
+      velocity = momentum * velocity + neg_lr * grad;
+      if constexpr (Mom == Momentum::kVelocityNesterov) {
+        param = param + (momentum * velocity + neg_lr * grad);
+      } else {
+        param = param + velocity;
+      }
+      return;
+    } else if constexpr (Mom != Momentum::kNone) {
       M& buf = s[1];
       if constexpr (First) {
         buf = grad;
