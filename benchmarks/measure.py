@@ -105,6 +105,10 @@ def run_case(algorithm, layout, shapes, impls, device="cpu", dtype=torch.float32
             continue
         params, opt = _build(impl, cls_name, opts, init, grads, device, dtype)
         for _ in range(check_steps):
+            # Some implementations change .grad in place (torch's foreach SGD
+            # with Nesterov does): every checked step starts from the same grads.
+            for p, g in zip(params, grads):
+                p.grad.copy_(g)
             opt.step()
         _sync(device)
         row.error = _normwise_error(params, reference)

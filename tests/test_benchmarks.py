@@ -91,3 +91,10 @@ def test_training_demo_curves_overlap(tmp_path):
     assert sum(ours[-10:]) < sum(ours[:10])
     assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-2
     assert (tmp_path / "train_compare.png").exists()
+
+
+def test_memory_report_runs():
+    from benchmarks import memory
+    data_mib, added_mib = memory.measure("adam", [(4096,)] * 10, steps=3)
+    assert data_mib == 4096 * 10 * 4 * 4 / 2**20
+    assert added_mib >= 0
