@@ -1,17 +1,12 @@
 import torch
 
 from . import reference
-from .optimizer import FusedOptimizer, as_float, check_common_flags, new_step
+from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters, new_step
 
 
 def _check_adam_args(lr, betas, eps, weight_decay):
     """torch.optim.Adam's argument checks, with its messages."""
-    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
+    check_hyperparameters(lr, eps=eps)
     if not 0.0 <= betas[0] < 1.0:
         raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
     if not 0.0 <= betas[1] < 1.0:

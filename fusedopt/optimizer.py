@@ -31,6 +31,17 @@ def new_step():
     return torch.tensor(0.0, dtype=_get_scalar_dtype())
 
 
+def check_hyperparameters(lr, **non_negative):
+    """torch.optim's checks and messages: a one-element tensor lr, then each
+    named value >= 0, in the order given."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    for name, value in {"lr": lr, **non_negative}.items():
+        if not 0.0 <= value:
+            what = {"lr": "learning rate", "eps": "epsilon value"}.get(name, f"{name} value")
+            raise ValueError(f"Invalid {what}: {value}")
+
+
 def check_common_flags(name, foreach, fused, differentiable):
     if fused and foreach:
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")

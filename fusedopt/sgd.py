@@ -1,7 +1,7 @@
 import torch
 
 from . import reference
-from .optimizer import FusedOptimizer, as_float, check_common_flags
+from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters
 
 
 class SGD(FusedOptimizer):
@@ -17,14 +17,7 @@ class SGD(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None, backend=None):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_hyperparameters(lr, momentum=momentum, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_common_flags(type(self).__name__, foreach, fused, differentiable)

@@ -75,7 +75,7 @@ void classic_adam_cpu(at::TensorList ws, at::TensorList dws, at::TensorList drs,
   args.maximize = false;
   const std::vector<double> t = increment_steps("classic_adam_", steps, ws.size());
   std::vector<math::AdamStep<double>> per_tensor(t.size());
-  for (size_t i = 0; i < t.size(); ++i) per_tensor[i] = math::adam_step_scalars<double>(args.hyper, t[i]);
+  math::adam_step_scalars_list(args.hyper, t.data(), static_cast<int64_t>(t.size()), per_tensor.data());
   args.step = per_tensor.data();
   run(prepared, active_kernels().adam, args);
 }

@@ -31,10 +31,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   args.maximize = maximize;
   const std::vector<double> steps = increment_steps("adam_", state_steps, params.size());
   std::vector<math::AdamStep<double>> per_tensor(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
-    per_tensor[i] = (i > 0 && steps[i] == steps[i - 1]) ? per_tensor[i - 1]
-                                                        : math::adam_step_scalars<double>(args.hyper, steps[i]);
-  }
+  math::adam_step_scalars_list(args.hyper, steps.data(), static_cast<int64_t>(steps.size()), per_tensor.data());
   args.step = per_tensor.data();
   run(prepared, active_kernels().adam, args);
 }

@@ -30,6 +30,14 @@ inline AdamStep<M> adam_step_scalars(const AdamHyper& h, double step) {
           static_cast<M>(std::sqrt(bias_correction2))};
 }
 
+// The step scalars of a list of tensors; neighbours with the same step
+// (the usual case) share one computation. `out` holds n entries.
+inline void adam_step_scalars_list(const AdamHyper& h, const double* steps, int64_t n, AdamStep<double>* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = (i > 0 && steps[i] == steps[i - 1]) ? out[i - 1] : adam_step_scalars<double>(h, steps[i]);
+  }
+}
+
 // Slots: s[0] param, s[1] exp_avg, s[2] exp_avg_sq, s[3] max_exp_avg_sq.
 template <typename M, bool Maximize, Decay D, bool Amsgrad>
 struct AdamUpdate {
