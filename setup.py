@@ -6,8 +6,9 @@ importable: an isolated build would fetch a fresh multi-GB torch).
 import glob
 import os
 
+import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -21,17 +22,28 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # one OpenMP runtime and one thread pool for torch and fusedopt.
 CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 
+NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
+
 sources = ["csrc/ops.cpp", "csrc/tensor_lists.cpp", "csrc/cached_step.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 
-setup(
-    ext_modules=[
-        CppExtension(
-            "fusedopt._C",
-            sources,
-            include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")],
-            extra_compile_args={"cxx": CXX_FLAGS},
-            extra_link_args=["-fopenmp"],
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
+
+def build_cuda():
+    """FUSEDOPT_CUDA=1 or 0 decides; unset or empty, CUDA kernels are built when this
+    torch has CUDA, a GPU is visible and nvcc is found."""
+    flag = os.environ.get("FUSEDOPT_CUDA", "")
+    if flag:
+        return flag == "1"
+    return torch.version.cuda is not None and torch.cuda.is_available() and CUDA_HOME is not None
+
+
+options = dict(
+    include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")],
+    extra_link_args=["-fopenmp"],
 )
+if build_cuda():
+    extension = CUDAExtension("fusedopt._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
+                              extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, **options)
+else:
+    extension = CppExtension("fusedopt._C", sources, extra_compile_args={"cxx": CXX_FLAGS}, **options)
+
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "fusedopt/dispatch.h"
 #include "kernel_api.h"
 #include "partition.h"
 

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "fusedopt/dispatch.h"
 #include "kernel_api.h"
 #include "partition.h"
 
@@ -159,16 +160,6 @@ void with_dtype(Dtype d, Fn&& fn) {
     case Dtype::kBFloat16: fn(BFloat16{}); break;
     case Dtype::kFloat16: fn(Half{}); break;
   }
-}
-
-template <class Fn>
-void with_bool(bool b, Fn&& fn) {
-  if (b) fn(std::true_type{}); else fn(std::false_type{});
-}
-
-template <auto... Values, typename E, class Fn>
-void with_enum(E value, Fn&& fn) {
-  ((value == Values ? (fn(std::integral_constant<E, Values>{}), 0) : 0), ...);
 }
 
 using math::Decay;

@@ -23,6 +23,7 @@ struct AdagradUpdate {
 
   M eps, weight_decay, neg_clr;
 
+  AdagradUpdate() = default;  // CUDA launches carry functors in a by-value array
   AdagradUpdate(const AdagradHyper& h, M neg_clr_for_step)
       : eps(static_cast<M>(h.eps)),
         weight_decay(static_cast<M>(h.weight_decay)),

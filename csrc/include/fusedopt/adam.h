@@ -46,6 +46,7 @@ struct AdamUpdate {
   M lerp_weight, beta2, one_minus_beta2, weight_decay, decay_factor, eps;
   AdamStep<M> step;
 
+  AdamUpdate() = default;  // CUDA launches carry functors in a by-value array
   AdamUpdate(const AdamHyper& h, AdamStep<M> s)
       : lerp_weight(static_cast<M>(1.0 - h.beta1)),
         beta2(static_cast<M>(h.beta2)),

@@ -27,6 +27,7 @@ struct RmspropUpdate {
 
   M neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
 
+  RmspropUpdate() = default;  // CUDA launches carry functors in a by-value array
   explicit RmspropUpdate(const RmspropHyper& h)
       : neg_lr(static_cast<M>(-h.lr)),
         alpha(static_cast<M>(h.alpha)),

@@ -26,6 +26,7 @@ struct SgdUpdate {
 
   M neg_lr, momentum, one_minus_dampening, weight_decay;
 
+  SgdUpdate() = default;  // CUDA launches carry functors in a by-value array
   explicit SgdUpdate(const SgdHyper& h)
       : neg_lr(static_cast<M>(-h.lr)),
         momentum(static_cast<M>(h.momentum)),
