@@ -2,6 +2,8 @@
 // Every header is included before the target pragma, so only code defined in
 // kernels_impl.h is compiled for this ISA.
 #if defined(__x86_64__)
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +18,7 @@
 #pragma GCC target("avx2,fma,f16c")
 #define FUSEDOPT_ISA avx2
 #define FUSEDOPT_ISA_NAME "avx2"
+#define FUSEDOPT_F16C 1  // this target has F16C: float16 goes through vcvtph2ps/vcvtps2ph
 #include "kernels_impl.h"
 #pragma GCC pop_options
 
