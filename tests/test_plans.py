@@ -103,3 +103,22 @@ def test_changed_hyperparameters_are_read_every_step():
     _step(pairs, 1)
     _step(pairs, 2)
     assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS["Adam"], *FP32)
+
+
+def test_optimizer_with_a_plan_can_be_copied_and_pickled():
+    """The C++ lists are a cache: copies and pickles leave them out and rebuild."""
+    import io
+    params = clone_params(make_params([(7,), (3, 5)], torch.float32))
+    opt = fusedopt.Adam(params, lr=0.01)
+    _step([(opt, params)], 0)
+    _step([(opt, params)], 1)
+    assert opt._plans
+    twin = copy.deepcopy(opt)
+    twin_params = [p for g in twin.param_groups for p in g["params"]]
+    _step([(opt, params), (twin, twin_params)], 2)
+    _step([(opt, params), (twin, twin_params)], 3)
+    assert_same_state(opt, params, twin, twin_params, STATE_KEYS["Adam"], *FP32)
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False).state_dict()["state"].keys() == opt.state_dict()["state"].keys()
