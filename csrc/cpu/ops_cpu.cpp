@@ -24,9 +24,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                           {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : at::TensorList()}});
   AdamArgs args;
   args.hyper = {lr, beta1, beta2, eps, weight_decay};
-  args.decay = weight_decay == 0.0 ? math::Decay::kNone
-               : decoupled_weight_decay ? math::Decay::kDecoupled
-                                        : math::Decay::kL2;
+  args.decay = math::adam_decay(weight_decay, decoupled_weight_decay);
   args.amsgrad = amsgrad;
   args.maximize = maximize;
   const std::vector<double> steps = increment_steps("adam_", state_steps, params.size());
@@ -49,9 +47,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   const std::vector<uint8_t> first(first_step.begin(), first_step.end());
   SgdArgs args;
   args.hyper = {lr, momentum, dampening, weight_decay};
-  args.momentum = !has_momentum ? math::Momentum::kNone
-                  : nesterov    ? math::Momentum::kNesterov
-                                : math::Momentum::kClassic;
+  args.momentum = math::torch_momentum(momentum, nesterov);
   args.weight_decay = weight_decay != 0.0;
   args.maximize = maximize;
   args.first_step = first.data();

@@ -51,7 +51,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                           {"exp_avg_sqs", exp_avg_sqs},
                           {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : at::TensorList()}});
   const math::AdamHyper hyper{lr, beta1, beta2, eps, weight_decay};
-  const Decay decay = weight_decay == 0.0 ? Decay::kNone : decoupled_weight_decay ? Decay::kDecoupled : Decay::kL2;
+  const Decay decay = math::adam_decay(weight_decay, decoupled_weight_decay);
   const std::vector<double> steps = increment_steps("adam_", state_steps, params.size());
   std::vector<math::AdamStep<double>> per_tensor(steps.size());
   math::adam_step_scalars_list(hyper, steps.data(), static_cast<int64_t>(steps.size()), per_tensor.data());
@@ -82,8 +82,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
                          {{"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()}});
   TORCH_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
               first_step.size(), " entries for ", params.size(), " params");
+  TORCH_CHECK(!nesterov || has_momentum, "fusedopt.sgd_: nesterov requires a nonzero momentum");
   const math::SgdHyper hyper{lr, momentum, dampening, weight_decay};
-  const Momentum mom = !has_momentum ? Momentum::kNone : nesterov ? Momentum::kNesterov : Momentum::kClassic;
+  const Momentum mom = math::torch_momentum(momentum, nesterov);
   run(prepared, params, [&](const cpu::TensorLists& all) {
     // Tensors whose buffer is new take the First variant: split the list.
     for (const bool first : {true, false}) {

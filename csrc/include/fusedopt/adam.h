@@ -30,6 +30,12 @@ inline AdamStep<M> adam_step_scalars(const AdamHyper& h, double step) {
           static_cast<M>(std::sqrt(bias_correction2))};
 }
 
+// How torch.optim.Adam applies weight_decay: not at all, added to the
+// gradient (Adam), or to the parameter directly (AdamW).
+inline Decay adam_decay(double weight_decay, bool decoupled) {
+  return weight_decay == 0.0 ? Decay::kNone : decoupled ? Decay::kDecoupled : Decay::kL2;
+}
+
 // The step scalars of a list of tensors; neighbours with the same step
 // (the usual case) share one computation. `out` holds n entries.
 inline void adam_step_scalars_list(const AdamHyper& h, const double* steps, int64_t n, AdamStep<double>* out) {

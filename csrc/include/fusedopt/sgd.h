@@ -18,6 +18,11 @@ struct SgdHyper {
 
 enum class Momentum : int { kNone = 0, kClassic = 1, kNesterov = 2, kVelocity = 3, kVelocityNesterov = 4 };
 
+// torch.optim.SGD's form of momentum for these options.
+inline Momentum torch_momentum(double momentum, bool nesterov) {
+  return momentum == 0.0 ? Momentum::kNone : nesterov ? Momentum::kNesterov : Momentum::kClassic;
+}
+
 // Slots: s[0] param, s[1] momentum_buffer. `First` is the step on which the
 // buffer is born (torch clones the gradient into it).
 template <typename M, bool Maximize, bool L2Decay, Momentum Mom, bool First>
