@@ -24,7 +24,7 @@ CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fop
 
 NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
 
-sources = ["csrc/ops.cpp", "csrc/tensor_lists.cpp", "csrc/cached_step.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 
 
 def build_cuda():

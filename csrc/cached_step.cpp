@@ -4,6 +4,7 @@
 // The step itself is the same dispatcher op that the list API calls.
 #include <torch/extension.h>
 
+#include <optional>
 #include <vector>
 
 namespace fusedopt {
@@ -71,40 +72,46 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
 }
 
 using L = at::TensorList;
+using T = const std::optional<at::Tensor>&;
 
 void adam_step(CachedLists& c, double lr, double beta1, double beta2, double weight_decay, double eps,
-               bool amsgrad, bool maximize, bool decoupled_weight_decay) {
-  static const auto adam = op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool, bool)>(
-      "fusedopt::adam_");
+               bool amsgrad, bool maximize, bool decoupled_weight_decay, T lr_tensor, T grad_scale, T found_inf) {
+  static const auto adam =
+      op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool, bool, T, T, T)>(
+          "fusedopt::adam_");
   c.run([&](auto& p, auto& g, auto& m, auto& v, auto& vmax, auto& steps, auto&) {
     adam.call(p, g, m, v, vmax, steps, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
-              decoupled_weight_decay);
+              decoupled_weight_decay, lr_tensor, grad_scale, found_inf);
   });
 }
 
 void sgd_step(CachedLists& c, double lr, double weight_decay, double momentum, double dampening, bool nesterov,
-              bool maximize) {
-  static const auto sgd = op<void(L, L, L, double, double, double, double, bool, bool, at::IntArrayRef)>(
-      "fusedopt::sgd_");
+              bool maximize, T lr_tensor, T grad_scale, T found_inf) {
+  static const auto sgd =
+      op<void(L, L, L, double, double, double, double, bool, bool, at::IntArrayRef, T, T, T)>("fusedopt::sgd_");
   c.run([&](auto& p, auto& g, auto& buf, auto&, auto&, auto&, auto& zeros) {
     sgd.call(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, maximize,
-             momentum != 0.0 ? at::IntArrayRef(zeros) : at::IntArrayRef());
+             momentum != 0.0 ? at::IntArrayRef(zeros) : at::IntArrayRef(), lr_tensor, grad_scale, found_inf);
   });
 }
 
-void adagrad_step(CachedLists& c, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
-  static const auto adagrad = op<void(L, L, L, L, double, double, double, double, bool)>("fusedopt::adagrad_");
+void adagrad_step(CachedLists& c, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+                  T lr_tensor, T grad_scale, T found_inf) {
+  static const auto adagrad =
+      op<void(L, L, L, L, double, double, double, double, bool, T, T, T)>("fusedopt::adagrad_");
   c.run([&](auto& p, auto& g, auto& sums, auto&, auto&, auto& steps, auto&) {
-    adagrad.call(p, g, sums, steps, lr, lr_decay, weight_decay, eps, maximize);
+    adagrad.call(p, g, sums, steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale, found_inf);
   });
 }
 
 void rmsprop_step(CachedLists& c, double lr, double alpha, double eps, double weight_decay, double momentum,
-                  bool centered, bool maximize) {
-  static const auto rmsprop = op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool)>(
-      "fusedopt::rmsprop_");
+                  bool centered, bool maximize, T lr_tensor, T grad_scale, T found_inf) {
+  static const auto rmsprop =
+      op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool, T, T, T)>(
+          "fusedopt::rmsprop_");
   c.run([&](auto& p, auto& g, auto& sq, auto& buf, auto& grad_avg, auto& steps, auto&) {
-    rmsprop.call(p, g, sq, buf, grad_avg, steps, lr, alpha, eps, weight_decay, momentum, centered, maximize);
+    rmsprop.call(p, g, sq, buf, grad_avg, steps, lr, alpha, eps, weight_decay, momentum, centered, maximize,
+                 lr_tensor, grad_scale, found_inf);
   });
 }
 
@@ -121,13 +128,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("params"), py::arg("states"), py::arg("steps"))
       .def("ready", &CachedLists::ready)
       .def("__len__", &CachedLists::size);
+#define STEP_INPUTS py::arg("lr_tensor") = py::none(), py::arg("grad_scale") = py::none(), \
+                    py::arg("found_inf") = py::none()
   m.def("adam_step", &fusedopt::adam_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"),
-        py::arg("decoupled_weight_decay"));
+        py::arg("decoupled_weight_decay"), STEP_INPUTS);
   m.def("sgd_step", &fusedopt::sgd_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("weight_decay"),
-        py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"), py::arg("maximize"));
+        py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"), py::arg("maximize"), STEP_INPUTS);
   m.def("adagrad_step", &fusedopt::adagrad_step, py::arg("lists"), py::kw_only(), py::arg("lr"),
-        py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"));
+        py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), STEP_INPUTS);
   m.def("rmsprop_step", &fusedopt::rmsprop_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("alpha"),
-        py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"));
+        py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"),
+        STEP_INPUTS);
 }

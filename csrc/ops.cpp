@@ -1,6 +1,6 @@
 // The fusedopt op schemas. Each op updates whole lists of tensors in place
-// (the `!` annotations); CPU and CUDA implementations are registered under
-// these names elsewhere, the fake implementations for torch.compile live in
+// (the `!` annotations); the implementations (ops_impl.cpp) are registered
+// for the CPU there and for CUDA in cuda/, the fake implementations for torch.compile live in
 // fusedopt/_ops.py, and the Python module is defined in cached_step.cpp.
 #include <torch/library.h>
 
@@ -23,22 +23,29 @@ std::string set_cpu_isa(std::string name) {
 
 }  // namespace
 
+// The torch-style ops' trailing inputs. lr_tensor, when given, replaces lr
+// (read on the device when the steps live there: capturable). grad_scale and
+// found_inf are what torch.amp.GradScaler hands an optimizer: grads are
+// divided by grad_scale in the kernel and written back unscaled (hence the
+// grads' `!`), and nothing changes, step counts included, if found_inf != 0.
+#define STEP_INPUTS "Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+
 TORCH_LIBRARY(fusedopt, m) {
   m.def(
-      "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "adam_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, float lr, float beta1, float beta2, "
-      "float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
+      "float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, " STEP_INPUTS);
   m.def(
-      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, float lr, "
+      "sgd_(Tensor(a!)[] params, Tensor(c!)[] grads, Tensor(b!)[] momentum_buffers, *, float lr, "
       "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, "
-      "int[] first_step) -> ()");
+      "int[] first_step, " STEP_INPUTS);
   m.def(
-      "adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
-      "*, float lr, float lr_decay, float weight_decay, float eps, bool maximize) -> ()");
+      "adagrad_(Tensor(a!)[] params, Tensor(d!)[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
+      "*, float lr, float lr_decay, float weight_decay, float eps, bool maximize, " STEP_INPUTS);
   m.def(
-      "rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, "
+      "rmsprop_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] square_avgs, "
       "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, *, float lr, "
-      "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize) -> ()");
+      "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize, " STEP_INPUTS);
   // fusedopt.classic, the seed document's update(w, alpha, dw, dr, lambdaa):
   // g = dw + lambdaa * dr (drs may be empty: g = dw). Empty velocities mean
   // no momentum.

@@ -61,7 +61,8 @@ void prefetch_storages(at::TensorList tensors) {
 
 PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorList params,
                              at::TensorList grads, std::initializer_list<NamedList> states,
-                             at::TensorList reg_grads) {
+                             at::TensorList reg_grads, bool grads_mutable)
+    : grads_mutable_(grads_mutable) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", grads.size(), " grads");
   std::vector<NamedList> inputs{{"grads", grads}};
@@ -166,6 +167,7 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
   }
   check_writable(op, "params", i, param);
   for (const NamedList& s : inputs) check_like_param(op, s.name, i, s.tensors[i], param);
+  if (grads_mutable_) check_writable(op, inputs[0].name, i, inputs[0].tensors[i]);
   for (const NamedList& s : used) {
     check_like_param(op, s.name, i, s.tensors[i], param);
     check_writable(op, s.name, i, s.tensors[i]);
@@ -177,7 +179,7 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
     return copies_.back().data_ptr();
   };
   states_[0][i] = copy(param, true);
-  for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = copy(inputs[k].tensors[i], false);
+  for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = copy(inputs[k].tensors[i], k == 0 && grads_mutable_);
   for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = copy(used[k].tensors[i], true);
   offset_[i + 1] = offset_[i] + param.numel();
 }

@@ -26,9 +26,11 @@ class PreparedLists {
   // not dense with one common layout is walked through contiguous copies
   // that finish() writes back, so no update is lost.
   // reg_grads (fusedopt.classic's dr), when not empty, is a second read-only
-  // list checked like grads.
+  // list checked like grads. grads_mutable: the kernel writes the grads
+  // (AMP stores them unscaled), so they are checked and written back like states.
   PreparedLists(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
-                std::initializer_list<NamedList> states, at::TensorList reg_grads = {});
+                std::initializer_list<NamedList> states, at::TensorList reg_grads = {},
+                bool grads_mutable = false);
 
   cpu::TensorLists& lists() { return lists_; }
   int64_t size() const { return lists_.count; }
@@ -42,6 +44,7 @@ class PreparedLists {
                       const std::vector<NamedList>& inputs, const std::vector<NamedList>& used, size_t i);
 
   c10::DeviceType device_ = c10::DeviceType::CPU;
+  bool grads_mutable_ = false;
   caffe2::TypeMeta first_dtype_;
   std::vector<at::Tensor> copies_;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back_;  // (original, copy)

@@ -57,7 +57,7 @@ class Adagrad(FusedOptimizer):
         return lists
 
     def _hyper(self, group):
-        return dict(lr=as_float(group["lr"]), lr_decay=as_float(group["lr_decay"]),
+        return dict(lr=self._lr(group), lr_decay=as_float(group["lr_decay"]),
                     weight_decay=as_float(group["weight_decay"]), eps=as_float(group["eps"]),
                     maximize=group["maximize"])
 

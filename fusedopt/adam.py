@@ -26,7 +26,9 @@ class Adam(FusedOptimizer):
     state_dict), with the whole update of a param group in one fused pass.
 
     `foreach` and `fused` are accepted and have no effect: fusedopt always runs
-    its fused kernel. `capturable` is accepted; steps are read on the host.
+    its fused kernel. With `capturable=True` on a GPU the step counts live on
+    the device and a tensor lr is read there, so a step can be captured in a
+    CUDA graph.
     `differentiable=True` is refused. `backend="reference"` runs the
     pure-PyTorch reference instead of the native kernel.
     """
@@ -59,7 +61,7 @@ class Adam(FusedOptimizer):
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = new_step()
+                state["step"] = new_step(p, group["capturable"])
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if amsgrad:
@@ -75,7 +77,7 @@ class Adam(FusedOptimizer):
 
     def _hyper(self, group):
         beta1, beta2 = group["betas"]
-        return dict(lr=as_float(group["lr"]), beta1=as_float(beta1), beta2=as_float(beta2),
+        return dict(lr=self._lr(group), beta1=as_float(beta1), beta2=as_float(beta2),
                     weight_decay=as_float(group["weight_decay"]), eps=as_float(group["eps"]),
                     amsgrad=group["amsgrad"], maximize=group["maximize"],
                     decoupled_weight_decay=group["decoupled_weight_decay"])

@@ -26,8 +26,11 @@ def as_float(x):
     return x.item() if isinstance(x, torch.Tensor) else float(x)
 
 
-def new_step():
-    """A fresh `step` state, laid out as torch.optim's for-loop path keeps it."""
+def new_step(param=None, capturable=False):
+    """A fresh `step` state, laid out as torch.optim keeps it: a CPU scalar, or
+    with `capturable` a float32 scalar on the param's device, counted there."""
+    if capturable and param is not None and param.device.type != "cpu":
+        return torch.zeros((), dtype=torch.float32, device=param.device)
     return torch.tensor(0.0, dtype=_get_scalar_dtype())
 
 
@@ -54,7 +57,16 @@ def check_common_flags(name, foreach, fused, differentiable):
 
 class FusedOptimizer(Optimizer):
     """Base class: subclasses name their op and element lists and implement
-    _gather (collect/create state), _hyper and _reference."""
+    _gather (collect/create state), _hyper and _reference.
+
+    AMP: torch.amp.GradScaler sees `_step_supports_amp_scaling` and, for the
+    duration of step(), sets `grad_scale` and `found_inf` on the optimizer
+    instead of unscaling the grads itself; the kernels divide the grads by
+    grad_scale (storing them back unscaled, as torch's fused optimizers do)
+    and change nothing, step counts included, when found_inf is nonzero.
+    """
+
+    _step_supports_amp_scaling = True
 
     _op = None  # name of the torch.ops.fusedopt op
     _op_lists = ()  # the op's list arguments, in schema order: keys of _gather's result
@@ -107,6 +119,51 @@ class FusedOptimizer(Optimizer):
         _native.warn_fallback(self._op, device)
         return False
 
+    def _lr(self, group):
+        """lr as the op's float: a tensor lr that the kernels read on the device
+        (see _step_inputs) is not read here, so no step waits for the GPU."""
+        return 0.0 if self._device_lr(group) else as_float(group["lr"])
+
+    def _device_lr(self, group):
+        lr = group["lr"]
+        return (group.get("capturable", False) and isinstance(lr, torch.Tensor) and lr.is_cuda
+                and self.backend == "native" and _native.has_native_kernel(self._op, lr.device))
+
+    def _step_inputs(self, group):
+        """The ops' lr_tensor, grad_scale and found_inf for this group."""
+        return dict(lr_tensor=group["lr"] if self._device_lr(group) else None,
+                    grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None))
+
+    def _amp_skips(self):
+        """Whether AMP found an inf or NaN this step (read on the host)."""
+        found_inf = getattr(self, "found_inf", None)
+        return found_inf is not None and bool(found_inf.item())
+
+    def _amp_skips_new_state(self, group):
+        """A step that AMP skips creates no state, as with torch.optim (which
+        GradScaler does not even call): where a param's state would be born,
+        found_inf is read on the host first."""
+        fresh = any(p.grad is not None and len(self.state.get(p, ())) == 0 for p in group["params"])
+        return fresh and self._amp_skips()
+
+    def _unscale(self, grads):
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is not None:
+            for g in grads:
+                g.div_(grad_scale.to(g.device))
+
+    def _check_capture(self):
+        """torch.optim's rule: a step captured in a CUDA graph must keep its step
+        counts on the device (capturable=True); host counts would not advance
+        on replay."""
+        if (self._counts_steps and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+                and not all(group.get("capturable", False) for group in self.param_groups)):
+            raise RuntimeError(
+                f"Attempting CUDA graph capture of step() for an instance of {type(self).__name__} but "
+                "param_groups' capturable is False.")
+
+    _counts_steps = True  # the algorithm keeps a per-param step count
+
     @torch.no_grad()
     def step(self, closure=None):
         """Performs a single optimization step.
@@ -120,12 +177,15 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        self._check_capture()
         for group in self.param_groups:
             if not self._step_planned(group):
                 self._step_group(group)
         return loss
 
     def _step_group(self, group):
+        if getattr(self, "found_inf", None) is not None and self._amp_skips_new_state(group):
+            return
         buckets = {}
         every_param_has_grad = True
         for p in group["params"]:
@@ -148,6 +208,9 @@ class FusedOptimizer(Optimizer):
                 planned.append(lists)
             else:
                 plannable = False
+                if self._amp_skips():
+                    continue
+                self._unscale(lists["grads"])
                 self._reference(group, lists)
         if plannable and planned:
             self._plans[id(group)] = _make_plan(self, group, planned)
@@ -163,8 +226,9 @@ class FusedOptimizer(Optimizer):
             return False
         step_fn = getattr(_native.C, f"{self._op.rstrip('_')}_step")
         hyper = self._hyper(group)
+        inputs = self._step_inputs(group)
         for lists in plan.lists:
-            step_fn(lists, **hyper)
+            step_fn(lists, **hyper, **inputs)
         return True
 
     def _structure(self, group):
@@ -177,7 +241,8 @@ class FusedOptimizer(Optimizer):
         raise NotImplementedError
 
     def _run_native(self, group, lists):
-        getattr(torch.ops.fusedopt, self._op)(*(lists[k] for k in self._op_lists), **self._hyper(group))
+        getattr(torch.ops.fusedopt, self._op)(*(lists[k] for k in self._op_lists), **self._hyper(group),
+                                              **self._step_inputs(group))
 
     def _gather(self, group, params):
         raise NotImplementedError

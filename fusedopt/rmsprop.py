@@ -7,7 +7,8 @@ from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyper
 class RMSprop(FusedOptimizer):
     """Drop-in for torch.optim.RMSprop (alpha, eps, centered, momentum), with
     the whole update of a param group in one fused pass; torch itself has no
-    fused RMSprop. `foreach` has no effect; `capturable` is accepted;
+    fused RMSprop. `foreach` has no effect; `capturable=True` on a GPU keeps
+    the step counts on the device (CUDA graphs; see fusedopt.Adam);
     `differentiable=True` is refused."""
 
     _op = "rmsprop_"
@@ -33,7 +34,7 @@ class RMSprop(FusedOptimizer):
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = new_step()
+                state["step"] = new_step(p, group["capturable"])
                 state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if with_momentum:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -50,7 +51,7 @@ class RMSprop(FusedOptimizer):
         return lists
 
     def _hyper(self, group):
-        return dict(lr=as_float(group["lr"]), alpha=as_float(group["alpha"]), eps=as_float(group["eps"]),
+        return dict(lr=self._lr(group), alpha=as_float(group["alpha"]), eps=as_float(group["eps"]),
                     weight_decay=as_float(group["weight_decay"]), momentum=as_float(group["momentum"]),
                     centered=group["centered"], maximize=group["maximize"])
 

@@ -26,6 +26,8 @@ class SGD(FusedOptimizer):
                         differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, backend)
 
+    _counts_steps = False
+
     def _gather(self, group, params):
         lists = {key: [] for key in self._element_lists + ("first_step",)}
         with_momentum = group["momentum"] != 0
@@ -44,7 +46,7 @@ class SGD(FusedOptimizer):
         return lists
 
     def _hyper(self, group):
-        return dict(lr=as_float(group["lr"]), weight_decay=as_float(group["weight_decay"]),
+        return dict(lr=self._lr(group), weight_decay=as_float(group["weight_decay"]),
                     momentum=as_float(group["momentum"]), dampening=as_float(group["dampening"]),
                     nesterov=group["nesterov"], maximize=group["maximize"])
 
@@ -53,7 +55,7 @@ class SGD(FusedOptimizer):
 
     def _run_native(self, group, lists):
         torch.ops.fusedopt.sgd_(lists["params"], lists["grads"], lists["momentum_buffers"],
-                                first_step=lists["first_step"], **self._hyper(group))
+                                first_step=lists["first_step"], **self._hyper(group), **self._step_inputs(group))
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)

@@ -60,3 +60,105 @@ def test_strided_params_on_cuda():
     run_steps(a, ours, 4)
     run_steps(b, theirs, 4)
     assert_same_state(a, ours, b, theirs, STATE_KEYS["SGD"], *tolerances(torch.float64))
+
+
+CAPTURABLE = [("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)), ("AdamW", dict(lr=0.01)),
+              ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9))]
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float-lr", "tensor-lr"])
+@pytest.mark.parametrize("name,opts", CAPTURABLE, ids=[c[0] for c in CAPTURABLE])
+def test_capturable_matches_torch(name, opts, tensor_lr):
+    """Step counts on the device (and lr read there) give torch's results."""
+    opts = dict(opts, capturable=True)
+    if tensor_lr:
+        opts["lr"] = torch.tensor(opts["lr"], device="cuda")
+    base = make_params(SHAPES, torch.float32, device="cuda")
+    ours, ours_params, theirs, torch_params = _pair(name, opts, base, {"foreach": False})
+    assert all(ours.state[p]["step"].device.type == "cuda" for p in ours_params if p.numel())
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS[name], *tolerances(torch.float32))
+
+
+@pytest.mark.parametrize("name,opts", CAPTURABLE, ids=[c[0] for c in CAPTURABLE])
+def test_cuda_graph_replay_matches_eager(name, opts):
+    """A step captured in a CUDA graph and replayed with new gradients (and a
+    new tensor lr) gives the eager results."""
+    base = make_params([(7,), (33,), (4099,), (70_001,)], torch.float32, device="cuda")
+    lr = torch.tensor(opts["lr"], device="cuda")
+    graphed, eager = clone_params(base), clone_params(base)
+    opt_g = make_optimizer(fusedopt, name, graphed, dict(opts, lr=lr.clone(), capturable=True))
+    opt_e = make_optimizer(fusedopt, name, eager, dict(opts, lr=lr.clone(), capturable=True))
+    static_grads = [torch.zeros_like(p) for p in graphed]
+    for p, g in zip(graphed, static_grads):
+        p.grad = g
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for step in range(3):  # warm-up: state created and a plan cached before capture
+            for g, new in zip(static_grads, gradients(graphed, step)):
+                g.copy_(new)
+            opt_g.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt_g.step()
+    run_steps(opt_e, eager, 3)
+    for step in range(3, 8):
+        new_lr = opts["lr"] * (0.9 ** step)
+        opt_g.param_groups[0]["lr"].fill_(new_lr)
+        opt_e.param_groups[0]["lr"].fill_(new_lr)
+        for g, new in zip(static_grads, gradients(graphed, step)):
+            g.copy_(new)
+        graph.replay()
+        run_steps(opt_e, eager, 1, start=step)
+    torch.cuda.synchronize()
+    assert_same_state(opt_g, graphed, opt_e, eager, STATE_KEYS[name], 1e-6, 1e-7)
+    assert float(opt_g.state[graphed[0]]["step"]) == 8
+
+
+def test_capture_without_capturable_is_refused():
+    params = clone_params(make_params([(16,)], torch.float32, device="cuda"))
+    opt = fusedopt.Adam(params, lr=0.01)
+    params[0].grad = torch.ones_like(params[0])
+    opt.step()
+    with pytest.raises(RuntimeError, match="capturable is False"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            opt.step()
+
+
+@pytest.mark.parametrize("name,opts", [("Adam", dict(lr=0.01)), ("SGD", dict(lr=0.1, momentum=0.9))])
+def test_unaligned_tensors_take_the_general_path(name, opts):
+    """Views that start off a 16-byte boundary match torch (the vectorized path
+    needs every stream aligned)."""
+    storage = torch.randn(4100, device="cuda", dtype=torch.float32)
+    base = [storage[1:4100], storage[3:36]]
+    ours, ours_params, theirs, torch_params = _pair(name, opts, base, {"foreach": False})
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS[name], *tolerances(torch.float32))
+
+
+@pytest.mark.parametrize("name", ["DefaultSGDOptimizer", "SGDMomentumOptimizer", "SGDNesterovOptimizer",
+                                  "AdaGradOptimizer", "DefaultRMSPropOptimizer", "RMSPropMomentumOptimizer",
+                                  "AdamOptimizer"])
+def test_classic_on_cuda_matches_cpu(name):
+    """fusedopt.classic's update on CUDA weights equals the same update on the CPU."""
+    from fusedopt import classic
+    factory = getattr(classic, name)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3000, generator=g, dtype=torch.float64)
+    dws = [torch.randn(3000, generator=g, dtype=torch.float64) for _ in range(4)]
+    dr = torch.randn(3000, generator=g, dtype=torch.float64)
+    w_cpu, w_cuda = w.clone(), w.cuda()
+    opt_cpu, opt_cuda = factory(), factory()
+    for dw in dws:
+        w_cpu = opt_cpu.update(w_cpu, 0.01, dw, dr, 0.1)
+        w_cuda = opt_cuda.update(w_cuda, 0.01, dw.cuda(), dr.cuda(), 0.1)
+    assert w_cuda.device.type == "cuda"
+    torch.testing.assert_close(w_cuda.cpu(), w_cpu, rtol=1e-12, atol=1e-14)
+
+
+def test_traffic_op_on_cuda():
+    p, g, s1 = (torch.randn(1000, device="cuda") for _ in range(3))
+    p0, s10 = p.clone(), s1.clone()
+    torch.ops.fusedopt.traffic_([p], [g], [s1], [], [])
+    torch.testing.assert_close(p, p0 + g)
+    torch.testing.assert_close(s1, s10 + g)

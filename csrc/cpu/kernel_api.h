@@ -1,5 +1,6 @@
-// The boundary between the ATen glue (ops_cpu.cpp) and the CPU kernels, which
-// are compiled once per instruction set and never see a torch header.
+// The boundary between the ATen glue (csrc/ops_impl.cpp) and the kernels: the
+// CPU kernels, compiled once per instruction set, which never see a torch
+// header, and the CUDA kernels (csrc/cuda/).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +33,16 @@ struct TensorLists {
   // The work is cut into `slots` nearly equal element ranges across the whole
   // list; a kernel call handles slots [slot_begin, slot_end).
   int64_t slots = 1;
+  // AMP (torch.amp.GradScaler): when set, every gradient is divided by
+  // *grad_scale and stored back unscaled, as torch's fused optimizers do.
+  // Memory of the kernels' device.
+  const float* grad_scale = nullptr;
+  // CUDA only, so a step can be captured in a CUDA graph: when set, the step
+  // counts (already incremented) and lr are read on the device instead of
+  // the host-formed per-tensor scalars, and nothing changes if *found_inf.
+  const float* const* device_steps = nullptr;
+  const float* device_lr = nullptr;
+  const float* found_inf = nullptr;
 };
 
 struct AdamArgs {

@@ -119,6 +119,19 @@ struct RegularizedGrad {
   }
 };
 
+// AMP: the gradient divided by the loss scale, and stored back unscaled (as
+// torch's fused optimizers leave it).
+template <typename T>
+struct ScaledGrad {
+  T* grad;
+  typename MathType<T>::type scale;
+  FUSEDOPT_ALWAYS_INLINE auto operator()(int64_t i) const {
+    const auto g = to_math(grad[i]) / scale;
+    grad[i] = store_as<T>(g);
+    return g;
+  }
+};
+
 template <typename T, class Update, class Grad, typename... Ptr>
 void update_run(const Update& update, const Grad grad, int64_t n, Ptr __restrict... state) {
   using M = typename MathType<T>::type;
@@ -138,6 +151,10 @@ void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begi
   const T* grad = static_cast<const T*>(l.grads[t]) + begin;
   if (l.reg_grads != nullptr) {
     const RegularizedGrad<T> g{grad, static_cast<const T*>(l.reg_grads[t]) + begin, static_cast<M>(l.reg_weight)};
+    update_run<T>(u, g, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
+  } else if (l.grad_scale != nullptr) {
+    // The op declares its grads mutable when it passes a grad_scale.
+    const ScaledGrad<T> g{const_cast<T*>(grad), static_cast<M>(*l.grad_scale)};
     update_run<T>(u, g, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
   } else {
     update_run<T>(u, PlainGrad<T>{grad}, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
@@ -177,6 +194,11 @@ void update_piece_f16c(const Update& u, const TensorLists& l, int64_t t, int64_t
   for (int64_t b = 0; b < end - begin; b += kF16Block) {
     const int n = static_cast<int>(end - begin - b < kF16Block ? end - begin - b : kF16Block);
     half_to_float(grad + b, g, n);
+    if (l.grad_scale != nullptr) {
+      const float scale = *l.grad_scale;
+      for (int i = 0; i < n; ++i) g[i] = g[i] / scale;
+      float_to_half(g, const_cast<Half*>(grad) + b, n);  // AMP: stored back unscaled
+    }
     for (int k = 0; k < S; ++k) half_to_float(state[k] + b, s[k], n);
     if (reg != nullptr) {
       half_to_float(reg + b, r, n);

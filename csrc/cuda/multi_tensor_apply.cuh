@@ -1,14 +1,18 @@
-// Multi-tensor apply: one launch updates up to kMaxTensors tensors of a list,
-// cut into chunks of kChunk elements, one chunk per block. The per-tensor
-// update functor (the same one the CPU loop runs, from
-// csrc/include/fusedopt/*.h) travels by value in the kernel arguments, so the
-// per-step scalars formed on the host reach every thread without a copy.
+// Multi-tensor apply: one launch updates up to kTensors tensors of a list,
+// each cut into chunks of kChunk elements, one chunk per block; a block finds
+// its tensor by binary search over the tensors' first blocks, so a launch has
+// as many blocks as its tensors need. The per-element update is the functor
+// the CPU kernels run (csrc/include/fusedopt/*.h). Its scalars are formed on
+// the host and travel in the kernel arguments, or, with device step counts
+// (capturable, CUDA graphs), are formed by each block from the step and lr in
+// device memory.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/kernel_api.h"
 
@@ -17,29 +21,8 @@ namespace cuda {
 
 constexpr int kChunk = 65536;
 constexpr int kBlock = 512;
-constexpr int kIlp = 4;  // elements in flight per thread
-constexpr int kMaxBlocks = 320;
-constexpr int kArgBytes = 4096;  // the kernel-argument limit of every architecture
-
-// As many tensors per launch as fit in the argument limit beside the block table.
-template <class Update, int States>
-constexpr int max_tensors() {
-  const int per_tensor = 3 * sizeof(void*) + States * sizeof(void*) + sizeof(Update);
-  const int n = (kArgBytes - 64 - kMaxBlocks * 5) / per_tensor;
-  return n < 255 ? n : 255;
-}
-
-template <class Update, int States, int Tensors = max_tensors<Update, States>()>
-struct LaunchArgs {
-  static constexpr int kTensors = Tensors;
-  const void* grads[Tensors];
-  const void* reg_grads[Tensors];
-  void* states[States][Tensors];
-  int64_t numel[Tensors];
-  Update updates[Tensors];
-  uint8_t block_tensor[kMaxBlocks];
-  int32_t block_chunk[kMaxBlocks];
-};
+constexpr int kArgBytes = 4096;  // the kernel-argument limit every architecture and driver accepts
+constexpr int kVectorBytes = 16;
 
 template <typename T>
 struct MathOf {
@@ -50,90 +33,171 @@ struct MathOf<double> {
   using type = double;
 };
 
-template <typename T, class Update, int States>
-__global__ void __launch_bounds__(kBlock) multi_tensor_kernel(LaunchArgs<Update, States> args, float reg_weight) {
-  using M = typename MathOf<T>::type;
-  const int t = args.block_tensor[blockIdx.x];
-  const int64_t begin = static_cast<int64_t>(args.block_chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(args.numel[t], begin + kChunk);
-  const Update update = args.updates[t];
-  const T* grad = static_cast<const T*>(args.grads[t]);
-  const T* reg = static_cast<const T*>(args.reg_grads[t]);
-  T* state[States];
-#pragma unroll
-  for (int k = 0; k < States; ++k) state[k] = static_cast<T*>(args.states[k][t]);
+// The launch-wide inputs.
+template <class Hyper>
+struct LaunchScalars {
+  Hyper hyper;
+  const float* lr;          // device lr (capturable), or null: hyper.lr
+  const float* grad_scale;  // AMP: divide grads by it and store them back
+  const float* found_inf;   // AMP: change nothing if it is nonzero
+  double reg_weight;        // fusedopt.classic: g = dw + reg_weight * dr
+};
 
-  for (int64_t base = begin + threadIdx.x; base < end; base += static_cast<int64_t>(blockDim.x) * kIlp) {
-    M g[kIlp];
-    M s[kIlp][States];
-    // Issue every load of kIlp elements before any arithmetic.
+template <class Update, int States>
+constexpr int max_tensors() {
+  constexpr int per_tensor =
+      (3 + States) * sizeof(void*) + sizeof(int64_t) + sizeof(Update) + sizeof(void*) + sizeof(int32_t);
+  constexpr int room = kArgBytes - sizeof(LaunchScalars<typename Update::Hyper>) - 16;
+  return room / per_tensor;
+}
+
+template <class Update, int States>
+struct TensorTable {
+  static constexpr int kTensors = max_tensors<Update, States>();
+  void* grads[kTensors];
+  const void* reg_grads[kTensors];
+  void* states[States][kTensors];
+  int64_t numel[kTensors];
+  Update updates[kTensors];      // host-formed functors
+  const float* steps[kTensors];  // device step counts, or null: use updates[]
+  int32_t first_block[kTensors + 1];
+  int32_t count;
+};
+
+template <typename T, int V>
+struct alignas(kVectorBytes) Pack {
+  T v[V];
+};
+
+template <typename T, class Update, int K>
+__global__ void __launch_bounds__(kBlock)
+    multi_tensor_kernel(const __grid_constant__ TensorTable<Update, K> table,
+                        const __grid_constant__ LaunchScalars<typename Update::Hyper> sc) {
+  using M = typename MathOf<T>::type;
+  if (sc.found_inf != nullptr && *sc.found_inf != 0.0f) return;
+  int lo = 0, hi = table.count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (table.first_block[mid] <= static_cast<int32_t>(blockIdx.x)) lo = mid; else hi = mid - 1;
+  }
+  const int t = lo;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x - table.first_block[t]) * kChunk;
+  const int64_t n = min(table.numel[t] - begin, static_cast<int64_t>(kChunk));
+
+  Update update;
+  if (table.steps[t] != nullptr) {
+    typename Update::Hyper h = sc.hyper;
+    if (sc.lr != nullptr) h.lr = *sc.lr;
+    update = Update::at_step(h, *table.steps[t]);
+  } else {
+    update = table.updates[t];
+  }
+  T* grad = static_cast<T*>(table.grads[t]) + begin;
+  const T* reg = table.reg_grads[t] != nullptr ? static_cast<const T*>(table.reg_grads[t]) + begin : nullptr;
+  T* state[K];
 #pragma unroll
-    for (int j = 0; j < kIlp; ++j) {
-      const int64_t i = base + static_cast<int64_t>(j) * blockDim.x;
-      if (i < end) {
-        g[j] = static_cast<M>(grad[i]);
-        if (reg != nullptr) g[j] = math::regularized_grad<M>(g[j], static_cast<M>(reg[i]), static_cast<M>(reg_weight));
+  for (int k = 0; k < K; ++k) state[k] = static_cast<T*>(table.states[k][t]) + begin;
+  const bool scaled = sc.grad_scale != nullptr;
+  const M scale = scaled ? static_cast<M>(*sc.grad_scale) : M(1);
+  const M reg_weight = static_cast<M>(sc.reg_weight);
+
+  // The gradient of element i from its loaded value(s).
+  const auto gradient = [&](T g_raw, T r_raw, M& out) {
+    M g = static_cast<M>(g_raw);
+    if (reg != nullptr) g = math::regularized_grad<M>(g, static_cast<M>(r_raw), reg_weight);
+    if (scaled) g = g / scale;
+    out = g;
+  };
+
+  // Aligned fast path: every stream moved 16 bytes per access.
+  constexpr int V = kVectorBytes / sizeof(T);
+  using P = Pack<T, V>;
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; };
+  bool vectorized = aligned(grad) && (reg == nullptr || aligned(reg));
 #pragma unroll
-        for (int k = 0; k < States; ++k) s[j][k] = static_cast<M>(state[k][i]);
+  for (int k = 0; k < K; ++k) vectorized = vectorized && aligned(state[k]);
+  int64_t done = 0;
+  if (vectorized) {
+    const int64_t packs = n / V;
+    for (int64_t v = threadIdx.x; v < packs; v += blockDim.x) {
+      P g = reinterpret_cast<const P*>(grad)[v];
+      P r;
+      if (reg != nullptr) r = reinterpret_cast<const P*>(reg)[v];
+      P s[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) s[k] = reinterpret_cast<const P*>(state[k])[v];
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        M gj;
+        gradient(g.v[j], reg != nullptr ? r.v[j] : T(0), gj);
+        if (scaled) g.v[j] = static_cast<T>(gj);
+        M m[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) m[k] = static_cast<M>(s[k].v[j]);
+        update(gj, m);
+#pragma unroll
+        for (int k = 0; k < K; ++k) s[k].v[j] = static_cast<T>(m[k]);
       }
-    }
 #pragma unroll
-    for (int j = 0; j < kIlp; ++j) {
-      const int64_t i = base + static_cast<int64_t>(j) * blockDim.x;
-      if (i < end) {
-        update(g[j], s[j]);
-#pragma unroll
-        for (int k = 0; k < States; ++k) state[k][i] = static_cast<T>(s[j][k]);
-      }
+      for (int k = 0; k < K; ++k) reinterpret_cast<P*>(state[k])[v] = s[k];
+      if (scaled) reinterpret_cast<P*>(grad)[v] = g;
     }
+    done = packs * V;
+  }
+  // The general path: the tail, or a tensor that is not 16-byte aligned.
+  for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
+    M g;
+    gradient(grad[i], reg != nullptr ? reg[i] : T(0), g);
+    if (scaled) grad[i] = static_cast<T>(g);
+    M m[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) m[k] = static_cast<M>(state[k][i]);
+    update(g, m);
+#pragma unroll
+    for (int k = 0; k < K; ++k) state[k][i] = static_cast<T>(m[k]);
   }
 }
 
-// Launches fn's updates over tensors [0, l.count): make_update(t) builds the
-// functor of tensor t on the host; tensors with no elements are skipped.
+// Launches Update over tensors [0, l.count) on the current stream;
+// make_update(t) forms tensor t's functor on the host (not called when the
+// steps live on the device). Tensors with no elements are skipped.
 template <typename T, class Update, class MakeUpdate>
-void multi_tensor_apply(const cpu::TensorLists& l, MakeUpdate&& make_update) {
+void multi_tensor_apply(const cpu::TensorLists& l, const typename Update::Hyper& hyper, MakeUpdate&& make_update) {
   constexpr int K = Update::kStates;
-  static_assert(sizeof(LaunchArgs<Update, K>) <= kArgBytes, "kernel arguments over 4 KiB");
+  using Table = TensorTable<Update, K>;
+  static_assert(Table::kTensors >= 8, "too few tensors per launch");
+  static_assert(sizeof(Table) + sizeof(LaunchScalars<typename Update::Hyper>) <= kArgBytes,
+                "kernel arguments over 4 KiB");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  LaunchArgs<Update, K> args;
-  int tensors = 0, blocks = 0;
-  auto launch = [&] {
-    if (blocks > 0) {
-      multi_tensor_kernel<T, Update, K><<<blocks, kBlock, 0, stream>>>(args, static_cast<float>(l.reg_weight));
+  const LaunchScalars<typename Update::Hyper> sc{hyper, l.device_lr, l.grad_scale, l.found_inf, l.reg_weight};
+  Table table;
+  table.count = 0;
+  int64_t blocks = 0;
+  const auto launch = [&] {
+    if (table.count > 0) {
+      table.first_block[table.count] = static_cast<int32_t>(blocks);
+      multi_tensor_kernel<T, Update, K><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(table, sc);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    tensors = blocks = 0;
+    table.count = 0;
+    blocks = 0;
   };
   for (int64_t t = 0; t < l.count; ++t) {
     const int64_t numel = l.offset[t + 1] - l.offset[t];
     if (numel == 0) continue;
-    args.grads[tensors] = l.grads[t];
-    args.reg_grads[tensors] = l.reg_grads != nullptr ? l.reg_grads[t] : nullptr;
-    for (int k = 0; k < K; ++k) args.states[k][tensors] = l.states[k][t];
-    args.numel[tensors] = numel;
-    args.updates[tensors] = make_update(t);
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
-    for (int64_t c = 0; c < chunks; ++c) {
-      args.block_tensor[blocks] = static_cast<uint8_t>(tensors);
-      args.block_chunk[blocks] = static_cast<int32_t>(c);
-      if (++blocks == kMaxBlocks) {
-        // The tensor may go on in the next launch: keep it as its slot 0.
-        const bool more = c + 1 < chunks;
-        launch();
-        if (more) {
-          args.grads[0] = l.grads[t];
-          args.reg_grads[0] = l.reg_grads != nullptr ? l.reg_grads[t] : nullptr;
-          for (int k = 0; k < K; ++k) args.states[k][0] = l.states[k][t];
-          args.numel[0] = numel;
-          args.updates[0] = make_update(t);
-          tensors = 0;
-        } else {
-          tensors = -1;
-        }
-      }
-    }
-    if (++tensors == LaunchArgs<Update, K>::kTensors) launch();
+    TORCH_CHECK(chunks < (int64_t{1} << 30), "fusedopt: a tensor of ", numel, " elements is too large");
+    if (blocks + chunks >= (int64_t{1} << 31) - 1) launch();
+    const int i = table.count++;
+    table.grads[i] = const_cast<void*>(l.grads[t]);  // written only with a grad_scale (grads are then `!`)
+    table.reg_grads[i] = l.reg_grads != nullptr ? l.reg_grads[t] : nullptr;
+    for (int k = 0; k < K; ++k) table.states[k][i] = l.states[k][t];
+    table.numel[i] = numel;
+    table.steps[i] = l.device_steps != nullptr ? l.device_steps[t] : nullptr;
+    table.updates[i] = l.device_steps != nullptr ? Update{} : make_update(t);
+    table.first_block[i] = static_cast<int32_t>(blocks);
+    blocks += chunks;
+    if (table.count == Table::kTensors) launch();
   }
   launch();
 }

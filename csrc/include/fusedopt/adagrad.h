@@ -12,7 +12,7 @@ struct AdagradHyper {
 };
 
 template <typename M>
-inline M adagrad_neg_clr(const AdagradHyper& h, double step) {
+FUSEDOPT_HD M adagrad_neg_clr(const AdagradHyper& h, double step) {
   return static_cast<M>(-(h.lr / (1.0 + (step - 1.0) * h.lr_decay)));
 }
 
@@ -20,14 +20,18 @@ inline M adagrad_neg_clr(const AdagradHyper& h, double step) {
 template <typename M, bool Maximize, bool L2Decay>
 struct AdagradUpdate {
   static constexpr int kStates = 2;
+  using Hyper = AdagradHyper;
 
   M eps, weight_decay, neg_clr;
 
   AdagradUpdate() = default;  // CUDA launches carry functors in a by-value array
-  AdagradUpdate(const AdagradHyper& h, M neg_clr_for_step)
+  FUSEDOPT_HD AdagradUpdate(const AdagradHyper& h, M neg_clr_for_step)
       : eps(static_cast<M>(h.eps)),
         weight_decay(static_cast<M>(h.weight_decay)),
         neg_clr(neg_clr_for_step) {}
+  static FUSEDOPT_HD AdagradUpdate at_step(const AdagradHyper& h, double step) {
+    return AdagradUpdate(h, adagrad_neg_clr<M>(h, step));
+  }
 
   FUSEDOPT_HD void operator()(M grad, M* s) const {
     M& param = s[0];

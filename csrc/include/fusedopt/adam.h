@@ -23,11 +23,10 @@ struct AdamStep {
 };
 
 template <typename M>
-inline AdamStep<M> adam_step_scalars(const AdamHyper& h, double step) {
-  const double bias_correction1 = 1.0 - std::pow(h.beta1, step);
-  const double bias_correction2 = 1.0 - std::pow(h.beta2, step);
-  return {static_cast<M>(-(h.lr / bias_correction1)),
-          static_cast<M>(std::sqrt(bias_correction2))};
+FUSEDOPT_HD AdamStep<M> adam_step_scalars(const AdamHyper& h, double step) {
+  const double bias_correction1 = 1.0 - pow_(h.beta1, step);
+  const double bias_correction2 = 1.0 - pow_(h.beta2, step);
+  return {static_cast<M>(-(h.lr / bias_correction1)), static_cast<M>(sqrt_(bias_correction2))};
 }
 
 // How torch.optim.Adam applies weight_decay: not at all, added to the
@@ -48,12 +47,13 @@ inline void adam_step_scalars_list(const AdamHyper& h, const double* steps, int6
 template <typename M, bool Maximize, Decay D, bool Amsgrad>
 struct AdamUpdate {
   static constexpr int kStates = Amsgrad ? 4 : 3;
+  using Hyper = AdamHyper;
 
   M lerp_weight, beta2, one_minus_beta2, weight_decay, decay_factor, eps;
   AdamStep<M> step;
 
   AdamUpdate() = default;  // CUDA launches carry functors in a by-value array
-  AdamUpdate(const AdamHyper& h, AdamStep<M> s)
+  FUSEDOPT_HD AdamUpdate(const AdamHyper& h, AdamStep<M> s)
       : lerp_weight(static_cast<M>(1.0 - h.beta1)),
         beta2(static_cast<M>(h.beta2)),
         one_minus_beta2(static_cast<M>(1.0 - h.beta2)),
@@ -61,6 +61,10 @@ struct AdamUpdate {
         decay_factor(static_cast<M>(1.0 - h.lr * h.weight_decay)),
         eps(static_cast<M>(h.eps)),
         step(s) {}
+  // The functor of a tensor at `step` (CUDA graphs: step and lr read on the device).
+  static FUSEDOPT_HD AdamUpdate at_step(const AdamHyper& h, double step) {
+    return AdamUpdate(h, adam_step_scalars<M>(h, step));
+  }
 
   FUSEDOPT_HD void operator()(M grad, M* s) const {
     M& param = s[0];

@@ -1,5 +1,5 @@
-// Shared by the CPU driver and (later) CUDA device code: no torch headers, no
-// branches on data, float-only math so `#pragma omp simd` vectorizes it.
+// Shared by the CPU kernels and the CUDA kernels: no torch headers, no
+// branches on data, so the CPU loops vectorize.
 #pragma once
 
 #include <cmath>
@@ -24,6 +24,15 @@ FUSEDOPT_HD M sqrt_(M x) {
   return ::sqrt(x);
 #else
   return std::sqrt(x);
+#endif
+}
+
+template <typename M>
+FUSEDOPT_HD M pow_(M x, M y) {
+#if defined(__CUDA_ARCH__)
+  return ::pow(x, y);
+#else
+  return std::pow(x, y);
 #endif
 }
 

@@ -24,17 +24,19 @@ struct RmspropUpdate {
   static constexpr int kBufferSlot = 2;
   static constexpr int kGradAvgSlot = Momentum ? 3 : 2;
   static constexpr int kStates = 2 + int(Momentum) + int(Centered);
+  using Hyper = RmspropHyper;
 
   M neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
 
   RmspropUpdate() = default;  // CUDA launches carry functors in a by-value array
-  explicit RmspropUpdate(const RmspropHyper& h)
+  FUSEDOPT_HD explicit RmspropUpdate(const RmspropHyper& h)
       : neg_lr(static_cast<M>(-h.lr)),
         alpha(static_cast<M>(h.alpha)),
         one_minus_alpha(static_cast<M>(1.0 - h.alpha)),
         eps(static_cast<M>(h.eps)),
         weight_decay(static_cast<M>(h.weight_decay)),
         momentum(static_cast<M>(h.momentum)) {}
+  static FUSEDOPT_HD RmspropUpdate at_step(const RmspropHyper& h, double) { return RmspropUpdate(h); }
 
   FUSEDOPT_HD void operator()(M grad, M* s) const {
     M& param = s[0];

@@ -28,15 +28,17 @@ inline Momentum torch_momentum(double momentum, bool nesterov) {
 template <typename M, bool Maximize, bool L2Decay, Momentum Mom, bool First>
 struct SgdUpdate {
   static constexpr int kStates = Mom == Momentum::kNone ? 1 : 2;
+  using Hyper = SgdHyper;
 
   M neg_lr, momentum, one_minus_dampening, weight_decay;
 
   SgdUpdate() = default;  // CUDA launches carry functors in a by-value array
-  explicit SgdUpdate(const SgdHyper& h)
+  FUSEDOPT_HD explicit SgdUpdate(const SgdHyper& h)
       : neg_lr(static_cast<M>(-h.lr)),
         momentum(static_cast<M>(h.momentum)),
         one_minus_dampening(static_cast<M>(1.0 - h.dampening)),
         weight_decay(static_cast<M>(h.weight_decay)) {}
+  static FUSEDOPT_HD SgdUpdate at_step(const SgdHyper& h, double) { return SgdUpdate(h); }
 
   FUSEDOPT_HD void operator()(M grad, M* s) const {
     M& param = s[0];

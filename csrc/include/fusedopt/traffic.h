@@ -8,10 +8,16 @@
 namespace fusedopt {
 namespace math {
 
+struct TrafficHyper {
+  double lr;  // unused: every functor's hyperparameters carry an lr
+};
+
 // Slots s[0..States): each read once and written once, the gradient read once.
 template <typename M, int States>
 struct TrafficUpdate {
   static constexpr int kStates = States;
+  using Hyper = TrafficHyper;
+  static FUSEDOPT_HD TrafficUpdate at_step(const TrafficHyper&, double) { return {}; }
 
   FUSEDOPT_HD void operator()(M grad, M* s) const {
     for (int k = 0; k < States; ++k) s[k] = s[k] + grad;

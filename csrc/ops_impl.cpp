@@ -1,0 +1,335 @@
+#include "ops_impl.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <array>
+#include <optional>
+#include <vector>
+
+#include "device_kernels.h"
+#include "tensor_lists.h"
+
+namespace fusedopt {
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+std::array<const DeviceKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)>& registry() {
+  static std::array<const DeviceKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)> r{};
+  return r;
+}
+
+c10::DeviceType device_of(at::TensorList params) {
+  return params.empty() || !params[0].defined() ? c10::DeviceType::CPU : params[0].device().type();
+}
+
+const DeviceKernels& kernels_for(const char* op, c10::DeviceType type) {
+  const DeviceKernels* k = device_kernels(type);
+  TORCH_CHECK(k != nullptr, "fusedopt.", op, ": this build has no kernels for ", c10::DeviceTypeName(type),
+              " tensors");
+  return *k;
+}
+
+// A one-element float32 tensor the kernels read on their device.
+const float* device_scalar(const char* op, const char* name, const at::Tensor& t, const at::Tensor& param) {
+  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat, "fusedopt.", op, ": ", name,
+              " must be a one-element float32 tensor, got ", t.scalar_type(), " of shape ", t.sizes());
+  TORCH_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, " is on ", t.device(),
+              " but the params are on ", param.device());
+  return t.const_data_ptr<float>();
+}
+
+// What every torch-style op shares beyond its lists: the step counts (CPU
+// tensors counted on the host, or tensors on the params' device counted by
+// the device: capturable), lr (a float, or a tensor read on the host or, with
+// device steps, on the device) and AMP's grad_scale / found_inf.
+class StepInputs {
+ public:
+  StepInputs(const char* op, const DeviceKernels& k, PreparedLists& prepared, at::TensorList params,
+             at::TensorList steps, bool has_steps, double lr, const OptTensor& lr_tensor,
+             const OptTensor& grad_scale, const OptTensor& found_inf)
+      : lr_(lr) {
+    cpu::TensorLists& l = prepared.lists();
+    const bool any = !params.empty();
+    device_steps_ = has_steps && any && !steps.empty() && steps[0].defined() && !steps[0].device().is_cpu();
+    if (device_steps_) {
+      TORCH_CHECK(k.increment_steps != nullptr, "fusedopt.", op, ": state_steps must be CPU tensors for ",
+                  params[0].device().type(), " params");
+      TORCH_CHECK(steps.size() == params.size(), "fusedopt.", op, ": got ", params.size(), " params but ",
+                  steps.size(), " state_steps");
+      step_ptrs_.resize(steps.size());
+      for (size_t i = 0; i < steps.size(); ++i) {
+        const at::Tensor& s = steps[i];
+        TORCH_CHECK(s.defined() && s.numel() == 1 && s.device() == params[0].device() &&
+                        s.scalar_type() == at::kFloat,
+                    "fusedopt.", op, ": state_steps[", i, "] must be a one-element float32 tensor on ",
+                    params[0].device(), " (capturable steps) or a CPU tensor");
+        step_ptrs_[i] = s.mutable_data_ptr<float>();
+      }
+    }
+    // found_inf goes to the kernels when they can honour it without the host:
+    // on the params' device, and no host step count depends on it.
+    if (found_inf.has_value()) {
+      const bool on_device = any && found_inf->device() == params[0].device() && !found_inf->device().is_cpu();
+      if (on_device && (device_steps_ || !has_steps)) {
+        l.found_inf = device_scalar(op, "found_inf", *found_inf, params[0]);
+      } else {
+        skip_ = found_inf->item<double>() != 0.0;
+      }
+    }
+    if (lr_tensor.has_value()) {
+      TORCH_CHECK(lr_tensor->numel() == 1, "fusedopt.", op, ": lr_tensor must have one element");
+      if (device_steps_ && lr_tensor->device() == params[0].device()) {
+        lr_float_ = lr_tensor->to(at::kFloat);
+        l.device_lr = lr_float_.const_data_ptr<float>();
+      } else {
+        lr_ = lr_tensor->item<double>();
+      }
+    }
+    if (grad_scale.has_value() && any) l.grad_scale = device_scalar(op, "grad_scale", *grad_scale, params[0]);
+    if (skip_) return;
+    if (device_steps_) {
+      k.increment_steps(step_ptrs_.data(), static_cast<int64_t>(step_ptrs_.size()), l.found_inf);
+      l.device_steps = step_ptrs_.data();
+    } else if (has_steps) {
+      host_steps_ = increment_steps(op, steps, params.size());
+    }
+  }
+
+  // found_inf was set (read on the host): nothing changes, step counts included.
+  bool skip() const { return skip_; }
+  double lr() const { return lr_; }
+  // The incremented host step counts (empty with device steps).
+  const std::vector<double>& host_steps() const { return host_steps_; }
+
+ private:
+  double lr_;
+  bool skip_ = false;
+  bool device_steps_ = false;
+  at::Tensor lr_float_;
+  std::vector<float*> step_ptrs_;
+  std::vector<double> host_steps_;
+};
+
+std::vector<math::AdamStep<double>> adam_scalars(const math::AdamHyper& hyper, const std::vector<double>& steps) {
+  std::vector<math::AdamStep<double>> out(steps.size());
+  math::adam_step_scalars_list(hyper, steps.data(), static_cast<int64_t>(steps.size()), out.data());
+  return out;
+}
+
+void adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+          at::TensorList max_exp_avg_sqs, at::TensorList state_steps, double lr, double beta1, double beta2,
+          double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
+          const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const c10::DeviceType device = device_of(params);
+  const DeviceKernels& k = kernels_for("adam_", device);
+  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  PreparedLists prepared("adam_", device, params, grads,
+                         {{"exp_avgs", exp_avgs},
+                          {"exp_avg_sqs", exp_avg_sqs},
+                          {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : at::TensorList()}},
+                         {}, grad_scale.has_value());
+  const StepInputs in("adam_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
+  if (in.skip()) return;
+  cpu::AdamArgs args;
+  args.hyper = {in.lr(), beta1, beta2, eps, weight_decay};
+  args.decay = math::adam_decay(weight_decay, decoupled_weight_decay);
+  args.amsgrad = amsgrad;
+  args.maximize = maximize;
+  const std::vector<math::AdamStep<double>> per_tensor = adam_scalars(args.hyper, in.host_steps());
+  args.step = per_tensor.data();
+  k.adam(prepared.lists(), args);
+  prepared.finish();
+}
+
+void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
+         double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
+         at::IntArrayRef first_step, const OptTensor& lr_tensor, const OptTensor& grad_scale,
+         const OptTensor& found_inf) {
+  const c10::DeviceType device = device_of(params);
+  const DeviceKernels& k = kernels_for("sgd_", device);
+  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  const bool has_momentum = momentum != 0.0;
+  PreparedLists prepared("sgd_", device, params, grads,
+                         {{"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()}}, {},
+                         grad_scale.has_value());
+  TORCH_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
+              first_step.size(), " entries for ", params.size(), " params");
+  TORCH_CHECK(!nesterov || has_momentum, "fusedopt.sgd_: nesterov requires a nonzero momentum");
+  const StepInputs in("sgd_", k, prepared, params, {}, false, lr, lr_tensor, grad_scale, found_inf);
+  if (in.skip()) return;
+  const std::vector<uint8_t> first(first_step.begin(), first_step.end());
+  cpu::SgdArgs args;
+  args.hyper = {in.lr(), momentum, dampening, weight_decay};
+  args.momentum = math::torch_momentum(momentum, nesterov);
+  args.weight_decay = weight_decay != 0.0;
+  args.maximize = maximize;
+  args.first_step = first.data();
+  k.sgd(prepared.lists(), args);
+  prepared.finish();
+}
+
+void adagrad(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,
+             double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+             const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const c10::DeviceType device = device_of(params);
+  const DeviceKernels& k = kernels_for("adagrad_", device);
+  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  PreparedLists prepared("adagrad_", device, params, grads, {{"state_sums", state_sums}}, {},
+                         grad_scale.has_value());
+  const StepInputs in("adagrad_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
+  if (in.skip()) return;
+  cpu::AdagradArgs args;
+  args.hyper = {in.lr(), lr_decay, eps, weight_decay};
+  args.weight_decay = weight_decay != 0.0;
+  args.maximize = maximize;
+  std::vector<double> neg_clr(in.host_steps().size());
+  for (size_t i = 0; i < neg_clr.size(); ++i) {
+    neg_clr[i] = math::adagrad_neg_clr<double>(args.hyper, in.host_steps()[i]);
+  }
+  args.neg_clr = neg_clr.data();
+  k.adagrad(prepared.lists(), args);
+  prepared.finish();
+}
+
+void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+             at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps, double lr,
+             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
+             const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const c10::DeviceType device = device_of(params);
+  const DeviceKernels& k = kernels_for("rmsprop_", device);
+  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  const bool has_momentum = momentum > 0.0;
+  // Slot order of math::RmspropUpdate: square_avg, momentum_buffer, grad_avg.
+  PreparedLists prepared("rmsprop_", device, params, grads,
+                         {{"square_avgs", square_avgs},
+                          {"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()},
+                          {"grad_avgs", centered ? grad_avgs : at::TensorList()}},
+                         {}, grad_scale.has_value());
+  const StepInputs in("rmsprop_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
+  if (in.skip()) return;
+  cpu::RmspropArgs args;
+  args.hyper = {in.lr(), alpha, eps, weight_decay, momentum};
+  args.weight_decay = weight_decay != 0.0;
+  args.maximize = maximize;
+  args.centered = centered;
+  args.momentum = has_momentum;
+  k.rmsprop(prepared.lists(), args);
+  prepared.finish();
+}
+
+void traffic(at::TensorList params, at::TensorList grads, at::TensorList states1, at::TensorList states2,
+             at::TensorList states3) {
+  const c10::DeviceType device = device_of(params);
+  const DeviceKernels& k = kernels_for("traffic_", device);
+  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  PreparedLists prepared("traffic_", device, params, grads,
+                         {{"states1", states1}, {"states2", states2}, {"states3", states3}});
+  cpu::TrafficArgs args;
+  args.states = 1 + int(!states1.empty()) + int(!states2.empty()) + int(!states3.empty());
+  k.traffic(prepared.lists(), args);
+  prepared.finish();
+}
+
+// fusedopt.classic: the seed document's update(w, alpha, dw, dr, lambdaa),
+// run by the same kernels with the seed's variants (velocity momentum, eps
+// inside RMSProp's root) and g = dw + lambdaa * dr read in the same pass.
+PreparedLists classic_lists(const char* op, at::TensorList ws, at::TensorList dws, at::TensorList drs,
+                            std::initializer_list<NamedList> states, double lambdaa) {
+  PreparedLists prepared(op, device_of(ws), ws, dws, states, drs);
+  if (!drs.empty()) prepared.lists().reg_weight = lambdaa;
+  return prepared;
+}
+
+void classic_sgd(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList velocities,
+                 double alpha, double lambdaa, double epsilon, bool nesterov) {
+  const DeviceKernels& k = kernels_for("classic_sgd_", device_of(ws));
+  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
+  PreparedLists prepared = classic_lists("classic_sgd_", ws, dws, drs, {{"velocities", velocities}}, lambdaa);
+  cpu::SgdArgs args;
+  args.hyper = {alpha, epsilon, 0.0, 0.0};
+  args.momentum = velocities.empty() ? math::Momentum::kNone
+                  : nesterov         ? math::Momentum::kVelocityNesterov
+                                     : math::Momentum::kVelocity;
+  args.weight_decay = false;
+  args.maximize = false;
+  args.first_step = nullptr;
+  k.sgd(prepared.lists(), args);
+  prepared.finish();
+}
+
+void classic_adagrad(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList rs, double alpha,
+                     double lambdaa, double delta) {
+  const DeviceKernels& k = kernels_for("classic_adagrad_", device_of(ws));
+  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
+  PreparedLists prepared = classic_lists("classic_adagrad_", ws, dws, drs, {{"rs", rs}}, lambdaa);
+  cpu::AdagradArgs args;
+  args.hyper = {alpha, 0.0, delta, 0.0};
+  args.weight_decay = false;
+  args.maximize = false;
+  const std::vector<double> neg_alpha(ws.size(), -alpha);
+  args.neg_clr = neg_alpha.data();
+  k.adagrad(prepared.lists(), args);
+  prepared.finish();
+}
+
+void classic_rmsprop(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList rs,
+                     at::TensorList velocities, double alpha, double lambdaa, double rho, double delta,
+                     double epsilon) {
+  const DeviceKernels& k = kernels_for("classic_rmsprop_", device_of(ws));
+  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
+  PreparedLists prepared =
+      classic_lists("classic_rmsprop_", ws, dws, drs, {{"rs", rs}, {"velocities", velocities}}, lambdaa);
+  cpu::RmspropArgs args;
+  args.hyper = {alpha, rho, delta, 0.0, epsilon};
+  args.weight_decay = false;
+  args.maximize = false;
+  args.centered = false;
+  args.momentum = !velocities.empty();
+  args.seed_form = true;
+  k.rmsprop(prepared.lists(), args);
+  prepared.finish();
+}
+
+void classic_adam(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList ss,
+                  at::TensorList rs, at::TensorList steps, double alpha, double lambdaa, double rho1, double rho2,
+                  double delta) {
+  const DeviceKernels& k = kernels_for("classic_adam_", device_of(ws));
+  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
+  PreparedLists prepared = classic_lists("classic_adam_", ws, dws, drs, {{"ss", ss}, {"rs", rs}}, lambdaa);
+  cpu::AdamArgs args;
+  args.hyper = {alpha, rho1, rho2, delta, 0.0};
+  args.decay = math::Decay::kNone;
+  args.amsgrad = false;
+  args.maximize = false;
+  const std::vector<math::AdamStep<double>> per_tensor =
+      adam_scalars(args.hyper, increment_steps("classic_adam_", steps, ws.size()));
+  args.step = per_tensor.data();
+  k.adam(prepared.lists(), args);
+  prepared.finish();
+}
+
+}  // namespace
+
+const DeviceKernels* device_kernels(c10::DeviceType type) { return registry()[static_cast<size_t>(type)]; }
+
+void register_device_kernels(c10::DeviceType type, const DeviceKernels* kernels) {
+  registry()[static_cast<size_t>(type)] = kernels;
+}
+
+void register_ops(torch::Library& m) {
+  m.impl("adam_", &adam);
+  m.impl("sgd_", &sgd);
+  m.impl("adagrad_", &adagrad);
+  m.impl("rmsprop_", &rmsprop);
+  m.impl("traffic_", &traffic);
+  m.impl("classic_sgd_", &classic_sgd);
+  m.impl("classic_adagrad_", &classic_adagrad);
+  m.impl("classic_rmsprop_", &classic_rmsprop);
+  m.impl("classic_adam_", &classic_adam);
+}
+
+}  // namespace fusedopt
+
+TORCH_LIBRARY_IMPL(fusedopt, CPU, m) { fusedopt::register_ops(m); }

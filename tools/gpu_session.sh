@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device-machine session: build with CUDA, run the tests, run the GPU
+# benchmark. Usage: tools/gpu_session.sh [tests|bench|all] (default all).
+# Logs go to $OUT (or ./gpu-out); the last lines printed are the summary.
+set -uo pipefail
+what=${1:-all}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FUSEDOPT_CUDA=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
+start=$(date +%s)
+if [ "$what" = bench ] && ls fusedopt/_C*.so >/dev/null 2>&1; then
+  echo "reusing the build of the last call"
+else
+python3 -m pip install -q --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 \
+  || { tail -50 "$out/build.log"; echo "BUILD FAILED"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+fi
+python3 -c "import fusedopt, json; print(json.dumps(fusedopt.info()))"
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  # CUDA tests first (they are what only this machine can run), then the rest
+  # with one thread per worker (16 threads in each of 8 workers thrash).
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_amp.py 2>&1 \
+    | tee "$out/test_cuda.log" | tail -25
+  ldd fusedopt/_C*.so | grep -i omp; ls "$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib" | grep -i omp
+  timeout 90 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -x -p no:cacheprovider \
+    tests/test_bad_input.py >"$out/gdb.log" 2>&1; grep -E "passed|failed|SIGSEGV|^#" "$out/gdb.log" | head -30
+  OMP_NUM_THREADS=1 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 12 tests 2>&1 \
+    | tee "$out/tests.log" | tail -25
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  timeout 150 python3 -m benchmarks --device cuda --layouts large --numel $((1024 * 2**20)) --algorithms adam \
+    --implementations "fusedopt,torch fused" --repeats 20 --warmup 3 --no-chart --out-dir "$out/1b" \
+    2>"$out/bench1b.err" | tee "$out/bench1b.txt"
+  timeout 240 python3 -m benchmarks --device cuda --layouts large,small,transformer --numel $((256 * 2**20)) \
+    --implementations "fusedopt,torch for-loop,torch foreach,torch fused" --repeats 20 --warmup 3 \
+    --out-dir "$out" 2>"$out/bench.err" | tee "$out/bench.txt"
+  tail -3 "$out/bench.err"
+fi
