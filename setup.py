@@ -20,9 +20,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # headers, so without it the kernels run on one thread. The extension then
 # needs libgomp.so.1, which resolves to the copy torch has already loaded:
 # one OpenMP runtime and one thread pool for torch and fusedopt.
-CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+# No -std: torch's build helpers add the C++ standard torch itself was built
+# with. An extension built for another standard than torch's crashed on an
+# H100 machine (torch 2.11, g++ 13) in the first error message that printed
+# an integer: std::ostream code instantiated in the extension picked a wrong
+# locale facet.
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 
-NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 
 sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 

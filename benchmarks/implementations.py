@@ -10,6 +10,7 @@ import torch
 import fusedopt
 
 TORCH_FUSED = {"SGD", "Adagrad", "Adam", "AdamW"}  # classes with fused=True in torch
+TORCH_FUSED_CUDA = {"SGD", "Adam", "AdamW"}  # torch's fused Adagrad is CPU-only
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Implementation:
 
     def status(self, cls_name, device, dtype):
         """None if it can run the case, else why not."""
+        if self.name == "torch fused" and device == "cuda" and cls_name not in TORCH_FUSED_CUDA:
+            return "n/a"
         if self.module is not None and importlib.util.find_spec(self.module) is None:
             return "not installed"
         if device not in self.devices:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fusedopt
-from helpers import (STATE_KEYS, assert_same_state, clone_params, make_optimizer, make_params, option_cases,
-                     run_steps, tolerances)
+from helpers import (STATE_KEYS, assert_same_state, clone_params, gradients, make_optimizer, make_params,
+                     option_cases, run_steps, tolerances)
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and fusedopt.info()["cuda"]),
                                 reason="needs a GPU and fusedopt's CUDA kernels")
@@ -63,7 +63,7 @@ def test_strided_params_on_cuda():
 
 
 CAPTURABLE = [("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)), ("AdamW", dict(lr=0.01)),
-              ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9))]
+              ("RMSprop", dict(lr=0.01, momentum=0.9, weight_decay=0.1))]
 
 
 @pytest.mark.parametrize("tensor_lr", [False, True], ids=["float-lr", "tensor-lr"])

@@ -18,6 +18,10 @@ python3 -m pip install -q --no-build-isolation --no-deps -e . >"$out/build.log" 
 echo "build: $(( $(date +%s) - start )) s"
 fi
 python3 -c "import fusedopt, json; print(json.dumps(fusedopt.info()))"
+if [ "$what" = quick ]; then
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_cuda.py tests/test_amp.py \
+    tests/test_ops.py 2>&1 | tee "$out/test_cuda.log" | tail -15
+fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   # CUDA tests first (they are what only this machine can run), then the rest
   # with one thread per worker (16 threads in each of 8 workers thrash).
@@ -28,6 +32,12 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     tests/test_bad_input.py >"$out/gdb.log" 2>&1; grep -E "passed|failed|SIGSEGV|^#" "$out/gdb.log" | head -30
   OMP_NUM_THREADS=1 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 12 tests 2>&1 \
     | tee "$out/tests.log" | tail -25
+fi
+if [ "$what" = quick ]; then
+  timeout 200 python3 -m benchmarks --device cuda --layouts large,small,transformer --numel $((256 * 2**20)) \
+    --implementations "fusedopt,torch foreach,torch fused" --repeats 15 --warmup 3 \
+    --out-dir "$out" 2>"$out/bench.err" | tee "$out/bench.txt"
+  tail -3 "$out/bench.err"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout 150 python3 -m benchmarks --device cuda --layouts large --numel $((1024 * 2**20)) --algorithms adam \
