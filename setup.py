@@ -21,10 +21,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # needs libgomp.so.1, which resolves to the copy torch has already loaded:
 # one OpenMP runtime and one thread pool for torch and fusedopt.
 # No -std: torch's build helpers add the C++ standard torch itself was built
-# with. An extension built for another standard than torch's crashed on an
-# H100 machine (torch 2.11, g++ 13) in the first error message that printed
-# an integer: std::ostream code instantiated in the extension picked a wrong
-# locale facet.
+# with (C++17 before torch 2.13, C++20 from it).
 CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
