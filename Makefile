@@ -45,7 +45,7 @@ cuda-check: $(DEPS)
 	abi="$$($(PY) -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"; \
 	for arch in $(CUDA_ARCHS); do for src in csrc/cuda/*.cu; do \
 	  echo "nvcc sm_$$arch $$src"; \
-	  $(NVCC) -c $$src -o $(CUDA_CHECK)/$$(basename $$src .cu)_sm$$arch.o -std=c++17 -O3 --expt-relaxed-constexpr \
+	  $(NVCC) -c $$src -o $(CUDA_CHECK)/$$(basename $$src .cu)_sm$$arch.o -std=c++20 -O3 --expt-relaxed-constexpr \
 	    -gencode arch=compute_$$arch,code=sm_$$arch $$includes -I$(CUDA_CHECK)/stub -Icsrc/include -Icsrc \
 	    -D_GLIBCXX_USE_CXX11_ABI=$$abi -Xcompiler -fPIC; \
 	done; done
