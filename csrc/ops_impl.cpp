@@ -31,6 +31,21 @@ const DeviceKernels& kernels_for(const char* op, c10::DeviceType type) {
   return *k;
 }
 
+// The device of an op's params: its kernel table, made current for the call.
+class OnDevice {
+ public:
+  OnDevice(const char* op, at::TensorList params)
+      : type(device_of(params)),
+        kernels(kernels_for(op, type)),
+        guard_(params.empty() ? std::nullopt : std::optional(params[0].device())) {}
+
+  const c10::DeviceType type;
+  const DeviceKernels& kernels;
+
+ private:
+  const c10::OptionalDeviceGuard guard_;
+};
+
 // A one-element float32 tensor the kernels read on their device.
 const float* device_scalar(const char* op, const char* name, const at::Tensor& t, const at::Tensor& param) {
   TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat, "fusedopt.", op, ": ", name,
@@ -122,10 +137,9 @@ void adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
           at::TensorList max_exp_avg_sqs, at::TensorList state_steps, double lr, double beta1, double beta2,
           double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
           const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  const c10::DeviceType device = device_of(params);
-  const DeviceKernels& k = kernels_for("adam_", device);
-  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
-  PreparedLists prepared("adam_", device, params, grads,
+  const OnDevice on("adam_", params);
+  const DeviceKernels& k = on.kernels;
+  PreparedLists prepared("adam_", on.type, params, grads,
                          {{"exp_avgs", exp_avgs},
                           {"exp_avg_sqs", exp_avg_sqs},
                           {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : at::TensorList()}},
@@ -147,11 +161,10 @@ void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_bu
          double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
          at::IntArrayRef first_step, const OptTensor& lr_tensor, const OptTensor& grad_scale,
          const OptTensor& found_inf) {
-  const c10::DeviceType device = device_of(params);
-  const DeviceKernels& k = kernels_for("sgd_", device);
-  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  const OnDevice on("sgd_", params);
+  const DeviceKernels& k = on.kernels;
   const bool has_momentum = momentum != 0.0;
-  PreparedLists prepared("sgd_", device, params, grads,
+  PreparedLists prepared("sgd_", on.type, params, grads,
                          {{"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()}}, {},
                          grad_scale.has_value());
   TORCH_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
@@ -173,10 +186,9 @@ void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_bu
 void adagrad(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,
              double lr, double lr_decay, double weight_decay, double eps, bool maximize,
              const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  const c10::DeviceType device = device_of(params);
-  const DeviceKernels& k = kernels_for("adagrad_", device);
-  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
-  PreparedLists prepared("adagrad_", device, params, grads, {{"state_sums", state_sums}}, {},
+  const OnDevice on("adagrad_", params);
+  const DeviceKernels& k = on.kernels;
+  PreparedLists prepared("adagrad_", on.type, params, grads, {{"state_sums", state_sums}}, {},
                          grad_scale.has_value());
   const StepInputs in("adagrad_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
@@ -197,12 +209,11 @@ void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_
              at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps, double lr,
              double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
              const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  const c10::DeviceType device = device_of(params);
-  const DeviceKernels& k = kernels_for("rmsprop_", device);
-  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
+  const OnDevice on("rmsprop_", params);
+  const DeviceKernels& k = on.kernels;
   const bool has_momentum = momentum > 0.0;
   // Slot order of math::RmspropUpdate: square_avg, momentum_buffer, grad_avg.
-  PreparedLists prepared("rmsprop_", device, params, grads,
+  PreparedLists prepared("rmsprop_", on.type, params, grads,
                          {{"square_avgs", square_avgs},
                           {"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()},
                           {"grad_avgs", centered ? grad_avgs : at::TensorList()}},
@@ -221,10 +232,9 @@ void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_
 
 void traffic(at::TensorList params, at::TensorList grads, at::TensorList states1, at::TensorList states2,
              at::TensorList states3) {
-  const c10::DeviceType device = device_of(params);
-  const DeviceKernels& k = kernels_for("traffic_", device);
-  const c10::OptionalDeviceGuard guard(params.empty() ? std::nullopt : std::optional(params[0].device()));
-  PreparedLists prepared("traffic_", device, params, grads,
+  const OnDevice on("traffic_", params);
+  const DeviceKernels& k = on.kernels;
+  PreparedLists prepared("traffic_", on.type, params, grads,
                          {{"states1", states1}, {"states2", states2}, {"states3", states3}});
   cpu::TrafficArgs args;
   args.states = 1 + int(!states1.empty()) + int(!states2.empty()) + int(!states3.empty());
@@ -235,18 +245,19 @@ void traffic(at::TensorList params, at::TensorList grads, at::TensorList states1
 // fusedopt.classic: the seed document's update(w, alpha, dw, dr, lambdaa),
 // run by the same kernels with the seed's variants (velocity momentum, eps
 // inside RMSProp's root) and g = dw + lambdaa * dr read in the same pass.
-PreparedLists classic_lists(const char* op, at::TensorList ws, at::TensorList dws, at::TensorList drs,
-                            std::initializer_list<NamedList> states, double lambdaa) {
-  PreparedLists prepared(op, device_of(ws), ws, dws, states, drs);
+PreparedLists classic_lists(const char* op, const OnDevice& on, at::TensorList ws, at::TensorList dws,
+                            at::TensorList drs, std::initializer_list<NamedList> states, double lambdaa) {
+  PreparedLists prepared(op, on.type, ws, dws, states, drs);
   if (!drs.empty()) prepared.lists().reg_weight = lambdaa;
   return prepared;
 }
 
 void classic_sgd(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList velocities,
                  double alpha, double lambdaa, double epsilon, bool nesterov) {
-  const DeviceKernels& k = kernels_for("classic_sgd_", device_of(ws));
-  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
-  PreparedLists prepared = classic_lists("classic_sgd_", ws, dws, drs, {{"velocities", velocities}}, lambdaa);
+  const OnDevice on("classic_sgd_", ws);
+  const DeviceKernels& k = on.kernels;
+  PreparedLists prepared =
+      classic_lists("classic_sgd_", on, ws, dws, drs, {{"velocities", velocities}}, lambdaa);
   cpu::SgdArgs args;
   args.hyper = {alpha, epsilon, 0.0, 0.0};
   args.momentum = velocities.empty() ? math::Momentum::kNone
@@ -261,9 +272,9 @@ void classic_sgd(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::
 
 void classic_adagrad(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList rs, double alpha,
                      double lambdaa, double delta) {
-  const DeviceKernels& k = kernels_for("classic_adagrad_", device_of(ws));
-  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
-  PreparedLists prepared = classic_lists("classic_adagrad_", ws, dws, drs, {{"rs", rs}}, lambdaa);
+  const OnDevice on("classic_adagrad_", ws);
+  const DeviceKernels& k = on.kernels;
+  PreparedLists prepared = classic_lists("classic_adagrad_", on, ws, dws, drs, {{"rs", rs}}, lambdaa);
   cpu::AdagradArgs args;
   args.hyper = {alpha, 0.0, delta, 0.0};
   args.weight_decay = false;
@@ -277,10 +288,10 @@ void classic_adagrad(at::TensorList ws, at::TensorList dws, at::TensorList drs, 
 void classic_rmsprop(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList rs,
                      at::TensorList velocities, double alpha, double lambdaa, double rho, double delta,
                      double epsilon) {
-  const DeviceKernels& k = kernels_for("classic_rmsprop_", device_of(ws));
-  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
+  const OnDevice on("classic_rmsprop_", ws);
+  const DeviceKernels& k = on.kernels;
   PreparedLists prepared =
-      classic_lists("classic_rmsprop_", ws, dws, drs, {{"rs", rs}, {"velocities", velocities}}, lambdaa);
+      classic_lists("classic_rmsprop_", on, ws, dws, drs, {{"rs", rs}, {"velocities", velocities}}, lambdaa);
   cpu::RmspropArgs args;
   args.hyper = {alpha, rho, delta, 0.0, epsilon};
   args.weight_decay = false;
@@ -295,9 +306,9 @@ void classic_rmsprop(at::TensorList ws, at::TensorList dws, at::TensorList drs, 
 void classic_adam(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::TensorList ss,
                   at::TensorList rs, at::TensorList steps, double alpha, double lambdaa, double rho1, double rho2,
                   double delta) {
-  const DeviceKernels& k = kernels_for("classic_adam_", device_of(ws));
-  const c10::OptionalDeviceGuard guard(ws.empty() ? std::nullopt : std::optional(ws[0].device()));
-  PreparedLists prepared = classic_lists("classic_adam_", ws, dws, drs, {{"ss", ss}, {"rs", rs}}, lambdaa);
+  const OnDevice on("classic_adam_", ws);
+  const DeviceKernels& k = on.kernels;
+  PreparedLists prepared = classic_lists("classic_adam_", on, ws, dws, drs, {{"ss", ss}, {"rs", rs}}, lambdaa);
   cpu::AdamArgs args;
   args.hyper = {alpha, rho1, rho2, delta, 0.0};
   args.decay = math::Decay::kNone;
