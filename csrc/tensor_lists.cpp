@@ -1,7 +1,10 @@
 #include "tensor_lists.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
 
 namespace fusedopt {
 namespace {
@@ -40,20 +43,41 @@ void check_writable(const char* op, const char* name, size_t i, const at::Tensor
 
 // Between steps the metadata of thousands of small tensors (TensorImpl,
 // StorageImpl, the step values) falls out of cache, and reading it tensor by
-// tensor waits for one miss after another. These passes ask for all of it
-// first, so the misses overlap.
-void prefetch_impls(at::TensorList tensors) {
-  for (const at::Tensor& t : tensors) {
-    const char* impl = reinterpret_cast<const char*>(t.unsafeGetTensorImpl());
-    for (int line = 0; line < 4; ++line) __builtin_prefetch(impl + 64 * line);
+// tensor waits for one miss after another. A block of tensors is asked for
+// first (impls, then their storages), so the misses overlap; blocks stay
+// small enough that what was fetched is still in L1/L2 when it is read.
+constexpr size_t kPrefetchBlock = 64;
+
+template <class Lists>
+void prefetch_block(const Lists& lists, size_t begin, size_t end) {
+  for (at::TensorList tensors : lists) {
+    for (size_t i = begin; i < end && i < tensors.size(); ++i) {
+      const char* impl = reinterpret_cast<const char*>(tensors[i].unsafeGetTensorImpl());
+      for (int line = 0; line < 4; ++line) __builtin_prefetch(impl + 64 * line);
+    }
+  }
+  for (at::TensorList tensors : lists) {
+    for (size_t i = begin; i < end && i < tensors.size(); ++i) {
+      const at::Tensor& t = tensors[i];
+      if (t.defined() && t.has_storage()) {
+        __builtin_prefetch(t.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl());
+      }
+    }
   }
 }
 
-void prefetch_storages(at::TensorList tensors) {
-  for (const at::Tensor& t : tensors) {
-    if (t.defined() && t.has_storage()) {
-      __builtin_prefetch(t.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl());
-    }
+// Below this many tensors a second thread costs more than the misses it hides.
+constexpr int64_t kParallelTensors = 256;
+
+// Runs fn(begin, end) over [0, n), on torch's pool when n is large: walking
+// cold metadata waits on memory, and two threads wait in parallel.
+template <class Fn>
+void for_blocks(size_t n, Fn&& fn) {
+  if (static_cast<int64_t>(n) < kParallelTensors) {
+    fn(0, n);
+  } else {
+    at::parallel_for(0, static_cast<int64_t>(n), kParallelTensors / 2,
+                     [&](int64_t begin, int64_t end) { fn(static_cast<size_t>(begin), static_cast<size_t>(end)); });
   }
 }
 
@@ -80,13 +104,6 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
   }
   TORCH_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
 
-  prefetch_impls(params);
-  for (const NamedList& s : inputs) prefetch_impls(s.tensors);
-  for (const NamedList& s : used) prefetch_impls(s.tensors);
-  prefetch_storages(params);
-  for (const NamedList& s : inputs) prefetch_storages(s.tensors);
-  for (const NamedList& s : used) prefetch_storages(s.tensors);
-
   lists_.count = static_cast<int64_t>(n);
   device_ = device;
   if (n > 0 && params[0].defined()) first_dtype_ = params[0].dtype();
@@ -94,17 +111,34 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
   for (size_t k = 0; k < inputs.size(); ++k) inputs_[k].resize(n);
   for (size_t k = 0; k <= used.size(); ++k) states_[k].resize(n);
 
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& param = params[i];
-    if (!dense_like_param(param, inputs, used, i)) {
-      prepare_slowly(op, device, params, inputs, used, i);
-      continue;
+  std::vector<at::TensorList> all{params};
+  for (const NamedList& s : inputs) all.push_back(s.tensors);
+  for (const NamedList& s : used) all.push_back(s.tensors);
+  // The common case, tensor by tensor and independently; the numel of
+  // tensor i goes to offset_[i + 1] until the prefix sum below. The rest is
+  // left to the serial pass, which raises errors in index order.
+  std::vector<uint8_t> slow(n, 0);
+  for_blocks(n, [&](size_t begin, size_t end) {
+    for (size_t block = begin; block < end; block += kPrefetchBlock) {
+      const size_t block_end = std::min(end, block + kPrefetchBlock);
+      prefetch_block(all, block, block_end);
+      for (size_t i = block; i < block_end; ++i) {
+        const at::Tensor& param = params[i];
+        if (!dense_like_param(param, inputs, used, i)) {
+          slow[i] = 1;
+          continue;
+        }
+        states_[0][i] = param.data_ptr();
+        for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = inputs[k].tensors[i].const_data_ptr();
+        for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
+        offset_[i + 1] = param.numel();
+      }
     }
-    if (i == 0) lists_.dtype = kernel_dtype(op, param);
-    states_[0][i] = param.data_ptr();
-    for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = inputs[k].tensors[i].const_data_ptr();
-    for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
-    offset_[i + 1] = offset_[i] + param.numel();
+  });
+  if (n > 0 && !slow[0]) lists_.dtype = kernel_dtype(op, params[0]);
+  for (size_t i = 0; i < n; ++i) {
+    if (slow[i]) prepare_slowly(op, device, params, inputs, used, i);
+    offset_[i + 1] += offset_[i];
   }
 
   lists_.offset = offset_.data();
@@ -181,7 +215,7 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
   states_[0][i] = copy(param, true);
   for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = copy(inputs[k].tensors[i], k == 0 && grads_mutable_);
   for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = copy(used[k].tensors[i], true);
-  offset_[i + 1] = offset_[i] + param.numel();
+  offset_[i + 1] = param.numel();
 }
 
 void PreparedLists::finish() {
@@ -192,26 +226,40 @@ void PreparedLists::finish() {
 std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected) {
   TORCH_CHECK(steps.size() == expected, "fusedopt.", op, ": got ", expected, " params but ",
               steps.size(), " state_steps");
-  prefetch_impls(steps);
-  prefetch_storages(steps);
-  for (const at::Tensor& s : steps) {
-    if (s.defined() && s.has_storage()) __builtin_prefetch(s.const_data_ptr());
-  }
-  std::vector<double> values(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
+  const size_t n = steps.size();
+  // Every step is checked before any is counted, so a bad one changes none.
+  enum Kind : uint8_t { kBad, kFloat32, kFloat64 };
+  std::vector<uint8_t> kind(n, kBad);
+  std::vector<void*> data(n, nullptr);
+  for_blocks(n, [&](size_t begin, size_t end) {
+    for (size_t block = begin; block < end; block += kPrefetchBlock) {
+      const size_t block_end = std::min(end, block + kPrefetchBlock);
+      prefetch_block(std::initializer_list<at::TensorList>{steps}, block, block_end);
+      for (size_t i = block; i < block_end; ++i) {
+        const at::Tensor& s = steps[i];
+        if (!s.defined() || s.numel() != 1 || !s.device().is_cpu()) continue;
+        const at::ScalarType type = s.scalar_type();
+        if (type != at::kFloat && type != at::kDouble) continue;
+        kind[i] = type == at::kFloat ? kFloat32 : kFloat64;
+        data[i] = s.data_ptr();
+        __builtin_prefetch(data[i], 1);
+      }
+    }
+  });
+  for (size_t i = 0; i < n; ++i) {
+    if (kind[i] != kBad) continue;
     const at::Tensor& s = steps[i];
     TORCH_CHECK(s.defined() && s.numel() == 1 && s.device().is_cpu(), "fusedopt.", op,
                 ": state_steps[", i, "] must be a one-element CPU tensor");
-    if (s.scalar_type() == at::kFloat) {
-      float* p = s.mutable_data_ptr<float>();
-      *p += 1.0f;
-      values[i] = *p;
+    TORCH_CHECK(false, "fusedopt.", op, ": state_steps[", i, "] must be float32 or float64, got ",
+                s.scalar_type());
+  }
+  std::vector<double> values(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (kind[i] == kFloat32) {
+      values[i] = *static_cast<float*>(data[i]) += 1.0f;
     } else {
-      TORCH_CHECK(s.scalar_type() == at::kDouble, "fusedopt.", op, ": state_steps[", i,
-                  "] must be float32 or float64, got ", s.scalar_type());
-      double* p = s.mutable_data_ptr<double>();
-      *p += 1.0;
-      values[i] = *p;
+      values[i] = *static_cast<double*>(data[i]) += 1.0;
     }
   }
   return values;

@@ -119,6 +119,22 @@ def test_op_rejects_integer_params():
         _call_adam(lists)
 
 
+@pytest.mark.parametrize("key,dtype,message", [
+    ("grads", torch.float64, r"grads\[555\] is Double"),
+    ("exp_avg_sqs", torch.float64, r"exp_avg_sqs\[555\] is Double"),
+    ("state_steps", torch.int64, r"state_steps\[555\] must be float32 or float64"),
+])
+def test_op_names_a_late_bad_tensor_of_a_long_list(key, dtype, message):
+    # Long lists are checked on several threads: the error still names the
+    # tensor, and nothing (no step count either) has changed.
+    lists = _adam_lists(n=600)
+    lists[key][555] = lists[key][555].to(dtype)
+    with pytest.raises(RuntimeError, match=message):
+        _call_adam(lists)
+    assert all(float(s) == 0 for s in lists["state_steps"])
+    assert all(torch.equal(p, torch.zeros(5)) for p in lists["params"])
+
+
 def test_op_checks_leave_tensors_untouched():
     lists = _adam_lists()
     lists["grads"][1] = torch.ones(5, dtype=torch.float64)

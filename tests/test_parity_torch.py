@@ -74,3 +74,21 @@ def test_comparison_catches_a_wrong_update():
     with pytest.raises(AssertionError):
         assert_same_state(ours, ours_params, wrong, wrong_params, STATE_KEYS["Adam"],
                           *tolerances(torch.float32))
+
+
+@pytest.mark.parametrize("name,opts", CASES, ids=IDS)
+def test_many_tensors_with_strided_params_match_torch(name, opts):
+    # Past the count at which the op reads its lists on several threads; a
+    # few params are transposed (walked through contiguous copies), the last
+    # one too, so the serial pass after the parallel one is exercised.
+    shapes = [(1 + i % 9,) for i in range(400)]
+    base = make_params(shapes, torch.float32)
+    for i in (0, 200, 399):
+        base[i] = make_params([(6, 4)], torch.float32, seed=i)[0].t()
+    ours_params, torch_params = clone_params(base), clone_params(base)
+    assert not ours_params[399].is_contiguous()
+    ours = make_optimizer(fusedopt, name, ours_params, opts)
+    theirs = make_optimizer(torch.optim, name, torch_params, opts, foreach=False)
+    run_steps(ours, ours_params, 3)
+    run_steps(theirs, torch_params, 3)
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS[name], *tolerances(torch.float32))
