@@ -15,7 +15,7 @@ void adam(cpu::TensorLists& l, const cpu::AdamArgs& a) {
           using Update = math::AdamUpdate<M, max.value, d.value, ams.value>;
           multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t t) {
             return Update(a.hyper, math::AdamStep<M>{static_cast<M>(a.step[t].neg_step_size),
-                                                     static_cast<M>(a.step[t].bias_correction2_sqrt)});
+                                                     static_cast<M>(a.step[t].inv_bias_correction2_sqrt)});
           });
         });
       });
