@@ -13,6 +13,7 @@
 #include "fusedopt/dispatch.h"
 #include "kernel_api.h"
 #include "partition.h"
+#include "update_variants.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")

@@ -10,6 +10,7 @@
 #include "fusedopt/dispatch.h"
 #include "kernel_api.h"
 #include "partition.h"
+#include "update_variants.h"
 
 #pragma GCC push_options
 #define FUSEDOPT_ISA baseline

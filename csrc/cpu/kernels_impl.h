@@ -19,6 +19,7 @@
 #include "fusedopt/dispatch.h"
 #include "kernel_api.h"
 #include "partition.h"
+#include "update_variants.h"
 
 namespace fusedopt {
 namespace cpu {
@@ -258,23 +259,16 @@ void with_dtype(Dtype d, Fn&& fn) {
   }
 }
 
-using math::Decay;
-using math::Momentum;
-
 void adam(const TensorLists& l, const AdamArgs& a, int64_t slot_begin, int64_t slot_end) {
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathType<T>::type;
-    with_bool(a.maximize, [&](auto maximize) {
-      with_bool(a.amsgrad, [&](auto amsgrad) {
-        with_enum<Decay::kNone, Decay::kL2, Decay::kDecoupled>(a.decay, [&](auto decay) {
-          using Update = math::AdamUpdate<M, maximize.value, decay.value, amsgrad.value>;
-          for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
-            const math::AdamStep<M> step{static_cast<M>(a.step[t].neg_step_size),
-                                         static_cast<M>(a.step[t].inv_bias_correction2_sqrt)};
-            update_piece<T>(Update(a.hyper, step), l, t, b, e);
-          });
-        });
+    with_adam_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
+      for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
+        const math::AdamStep<M> step{static_cast<M>(a.step[t].neg_step_size),
+                                     static_cast<M>(a.step[t].inv_bias_correction2_sqrt)};
+        update_piece<T>(Update(a.hyper, step), l, t, b, e);
       });
     });
   });
@@ -284,20 +278,16 @@ void sgd(const TensorLists& l, const SgdArgs& a, int64_t slot_begin, int64_t slo
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathType<T>::type;
-    with_bool(a.maximize, [&](auto maximize) {
-      with_bool(a.weight_decay, [&](auto decay) {
-        with_enum<Momentum::kNone, Momentum::kClassic, Momentum::kNesterov, Momentum::kVelocity,
-                  Momentum::kVelocityNesterov>(a.momentum, [&](auto mom) {
-          using Later = math::SgdUpdate<M, maximize.value, decay.value, mom.value, false>;
-          using First = math::SgdUpdate<M, maximize.value, decay.value, mom.value, true>;
-          for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
-            if ((mom.value == Momentum::kClassic || mom.value == Momentum::kNesterov) && a.first_step[t]) {
-              update_piece<T>(First(a.hyper), l, t, b, e);
-            } else {
-              update_piece<T>(Later(a.hyper), l, t, b, e);
-            }
-          });
-        });
+    const bool torch_momentum = a.momentum == math::Momentum::kClassic || a.momentum == math::Momentum::kNesterov;
+    with_sgd_update<M>(a, [&](auto later, auto first) {
+      const typename decltype(later)::Update later_update(a.hyper);
+      const typename decltype(first)::Update first_update(a.hyper);
+      for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
+        if (torch_momentum && a.first_step[t]) {
+          update_piece<T>(first_update, l, t, b, e);
+        } else {
+          update_piece<T>(later_update, l, t, b, e);
+        }
       });
     });
   });
@@ -307,12 +297,10 @@ void adagrad(const TensorLists& l, const AdagradArgs& a, int64_t slot_begin, int
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathType<T>::type;
-    with_bool(a.maximize, [&](auto maximize) {
-      with_bool(a.weight_decay, [&](auto decay) {
-        using Update = math::AdagradUpdate<M, maximize.value, decay.value>;
-        for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
-          update_piece<T>(Update(a.hyper, static_cast<M>(a.neg_clr[t])), l, t, b, e);
-        });
+    with_adagrad_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
+      for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
+        update_piece<T>(Update(a.hyper, static_cast<M>(a.neg_clr[t])), l, t, b, e);
       });
     });
   });
@@ -322,20 +310,10 @@ void rmsprop(const TensorLists& l, const RmspropArgs& a, int64_t slot_begin, int
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathType<T>::type;
-    with_bool(a.maximize, [&](auto maximize) {
-      with_bool(a.weight_decay, [&](auto decay) {
-        with_bool(a.centered, [&](auto centered) {
-          with_bool(a.momentum, [&](auto momentum) {
-            with_bool(a.seed_form, [&](auto seed) {
-              using Update =
-                  math::RmspropUpdate<M, maximize.value, decay.value, centered.value, momentum.value, seed.value>;
-              const Update update(a.hyper);
-              for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
-                update_piece<T>(update, l, t, b, e);
-              });
-            });
-          });
-        });
+    with_rmsprop_update<M>(a, [&](auto variant) {
+      const typename decltype(variant)::Update update(a.hyper);
+      for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
+        update_piece<T>(update, l, t, b, e);
       });
     });
   });
@@ -345,8 +323,8 @@ void traffic(const TensorLists& l, const TrafficArgs& a, int64_t slot_begin, int
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathType<T>::type;
-    with_enum<1, 2, 3, 4>(a.states, [&](auto states) {
-      using Update = math::TrafficUpdate<M, states.value>;
+    with_traffic_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
       for_each_piece(l, slot_begin, slot_end, [&](int64_t t, int64_t b, int64_t e) {
         update_piece<T>(Update{}, l, t, b, e);
       });

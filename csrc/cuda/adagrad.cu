@@ -8,12 +8,10 @@ void adagrad(cpu::TensorLists& l, const cpu::AdagradArgs& a) {
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathOf<T>::type;
-    with_bool(a.maximize, [&](auto max) {
-      with_bool(a.weight_decay, [&](auto wd) {
-        using Update = math::AdagradUpdate<M, max.value, wd.value>;
-        multi_tensor_apply<T, Update>(l, a.hyper,
-                                      [&](int64_t t) { return Update(a.hyper, static_cast<M>(a.neg_clr[t])); });
-      });
+    with_adagrad_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
+      multi_tensor_apply<T, Update>(l, a.hyper,
+                                    [&](int64_t t) { return Update(a.hyper, static_cast<M>(a.neg_clr[t])); });
     });
   });
 }

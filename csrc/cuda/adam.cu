@@ -5,19 +5,14 @@ namespace fusedopt {
 namespace cuda {
 
 void adam(cpu::TensorLists& l, const cpu::AdamArgs& a) {
-  using math::Decay;
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathOf<T>::type;
-    with_bool(a.maximize, [&](auto max) {
-      with_bool(a.amsgrad, [&](auto ams) {
-        with_enum<Decay::kNone, Decay::kL2, Decay::kDecoupled>(a.decay, [&](auto d) {
-          using Update = math::AdamUpdate<M, max.value, d.value, ams.value>;
-          multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t t) {
-            return Update(a.hyper, math::AdamStep<M>{static_cast<M>(a.step[t].neg_step_size),
-                                                     static_cast<M>(a.step[t].inv_bias_correction2_sqrt)});
-          });
-        });
+    with_adam_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
+      multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t t) {
+        return Update(a.hyper, math::AdamStep<M>{static_cast<M>(a.step[t].neg_step_size),
+                                                 static_cast<M>(a.step[t].inv_bias_correction2_sqrt)});
       });
     });
   });

@@ -16,8 +16,8 @@ void traffic(cpu::TensorLists& l, const cpu::TrafficArgs& a) {
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathOf<T>::type;
-    with_enum<1, 2, 3, 4>(a.states, [&](auto states) {
-      using Update = math::TrafficUpdate<M, states.value>;
+    with_traffic_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
       multi_tensor_apply<T, Update>(l, math::TrafficHyper{0.0}, [&](int64_t) { return Update{}; });
     });
   });

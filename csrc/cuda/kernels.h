@@ -6,6 +6,7 @@
 #include <c10/util/Half.h>
 
 #include "cpu/kernel_api.h"
+#include "cpu/update_variants.h"
 #include "fusedopt/dispatch.h"
 
 namespace fusedopt {

@@ -8,17 +8,9 @@ void rmsprop(cpu::TensorLists& l, const cpu::RmspropArgs& a) {
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathOf<T>::type;
-    with_bool(a.maximize, [&](auto max) {
-      with_bool(a.weight_decay, [&](auto wd) {
-        with_bool(a.centered, [&](auto c) {
-          with_bool(a.momentum, [&](auto m) {
-            with_bool(a.seed_form, [&](auto seed) {
-              using Update = math::RmspropUpdate<M, max.value, wd.value, c.value, m.value, seed.value>;
-              multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t) { return Update(a.hyper); });
-            });
-          });
-        });
-      });
+    with_rmsprop_update<M>(a, [&](auto variant) {
+      using Update = typename decltype(variant)::Update;
+      multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t) { return Update(a.hyper); });
     });
   });
 }

@@ -1,3 +1,4 @@
+#include <type_traits>
 #include <vector>
 
 #include "cuda/kernels.h"
@@ -10,18 +11,12 @@ namespace {
 
 template <bool First>
 void sgd_lists(cpu::TensorLists& l, const cpu::SgdArgs& a) {
-  using math::Momentum;
   with_dtype(l.dtype, [&](auto tag) {
     using T = decltype(tag);
     using M = typename MathOf<T>::type;
-    with_bool(a.maximize, [&](auto max) {
-      with_bool(a.weight_decay, [&](auto wd) {
-        with_enum<Momentum::kNone, Momentum::kClassic, Momentum::kNesterov, Momentum::kVelocity,
-                  Momentum::kVelocityNesterov>(a.momentum, [&](auto m) {
-          using Update = math::SgdUpdate<M, max.value, wd.value, m.value, First>;
-          multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t) { return Update(a.hyper); });
-        });
-      });
+    with_sgd_update<M>(a, [&](auto later, auto first) {
+      using Update = typename std::conditional_t<First, decltype(first), decltype(later)>::Update;
+      multi_tensor_apply<T, Update>(l, a.hyper, [&](int64_t) { return Update(a.hyper); });
     });
   });
 }
