@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-machine session: build with CUDA, run the tests, run the GPU
-# benchmark. Usage: tools/gpu_session.sh [tests|bench|all] (default all).
+# benchmark. Usage: tools/gpu_session.sh [tests|bench|all|quick|diagnose] (default all).
 # Logs go to $OUT (or ./gpu-out); the last lines printed are the summary.
 set -uo pipefail
 what=${1:-all}
@@ -18,6 +18,24 @@ python3 -m pip install -q --no-build-isolation --no-deps -e . >"$out/build.log" 
 echo "build: $(( $(date +%s) - start )) s"
 fi
 python3 -c "import fusedopt, json; print(json.dumps(fusedopt.info()))"
+if [ "$what" = diagnose ] || [ "$what" = tests ] || [ "$what" = all ]; then
+  # The H100 image crashed (SIGSEGV in codecvt<char16_t>::do_in under
+  # ostream::_M_insert<unsigned long>) on error messages that stream an
+  # integer, inside pytest. That is the backtrace of pytorch#109923: a
+  # library with its own static libstdc++ loaded before torch. Outside
+  # pytest, and inside it without plugin autoload, tells which.
+  python3 - <<'PY' 2>&1 | tee "$out/diagnose.log"
+import torch, fusedopt
+try:
+    torch.ops.fusedopt.traffic_([torch.zeros(2)], [], [], [], [])
+except RuntimeError as e:
+    print("bare python: raised:", str(e).splitlines()[0])
+print("libstdc++ mapped:", sorted({l.split()[-1] for l in open("/proc/self/maps") if "libstdc++" in l}))
+PY
+  python3 -m pytest --co -p no:cacheprovider tests/test_bad_input.py 2>&1 | grep -i "^plugins" | tee -a "$out/diagnose.log"
+  PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_bad_input.py 2>&1 \
+    | tail -3 | sed 's/^/no plugin autoload: /' | tee -a "$out/diagnose.log"
+fi
 if [ "$what" = quick ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_cuda.py tests/test_amp.py \
     tests/test_ops.py 2>&1 | tee "$out/test_cuda.log" | tail -15
