@@ -69,15 +69,24 @@ void prefetch_block(const Lists& lists, size_t begin, size_t end) {
 // Below this many tensors a second thread costs more than the misses it hides.
 constexpr int64_t kParallelTensors = 256;
 
-// Runs fn(begin, end) over [0, n), on torch's pool when n is large: walking
-// cold metadata waits on memory, and two threads wait in parallel.
-template <class Fn>
-void for_blocks(size_t n, Fn&& fn) {
+// Calls fn(i) for every i in [0, n), a block at a time after prefetching the
+// block's metadata in `lists`; on torch's pool when n is large, since
+// walking cold metadata waits on memory and two threads wait in parallel.
+// fn must be safe to call concurrently for different i.
+template <class Lists, class Fn>
+void for_each_prefetched(const Lists& lists, size_t n, Fn&& fn) {
+  const auto run = [&](size_t begin, size_t end) {
+    for (size_t block = begin; block < end; block += kPrefetchBlock) {
+      const size_t block_end = std::min(end, block + kPrefetchBlock);
+      prefetch_block(lists, block, block_end);
+      for (size_t i = block; i < block_end; ++i) fn(i);
+    }
+  };
   if (static_cast<int64_t>(n) < kParallelTensors) {
-    fn(0, n);
+    run(0, n);
   } else {
     at::parallel_for(0, static_cast<int64_t>(n), kParallelTensors / 2,
-                     [&](int64_t begin, int64_t end) { fn(static_cast<size_t>(begin), static_cast<size_t>(end)); });
+                     [&](int64_t begin, int64_t end) { run(static_cast<size_t>(begin), static_cast<size_t>(end)); });
   }
 }
 
@@ -118,22 +127,16 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
   // tensor i goes to offset_[i + 1] until the prefix sum below. The rest is
   // left to the serial pass, which raises errors in index order.
   std::vector<uint8_t> slow(n, 0);
-  for_blocks(n, [&](size_t begin, size_t end) {
-    for (size_t block = begin; block < end; block += kPrefetchBlock) {
-      const size_t block_end = std::min(end, block + kPrefetchBlock);
-      prefetch_block(all, block, block_end);
-      for (size_t i = block; i < block_end; ++i) {
-        const at::Tensor& param = params[i];
-        if (!dense_like_param(param, inputs, used, i)) {
-          slow[i] = 1;
-          continue;
-        }
-        states_[0][i] = param.data_ptr();
-        for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = inputs[k].tensors[i].const_data_ptr();
-        for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
-        offset_[i + 1] = param.numel();
-      }
+  for_each_prefetched(all, n, [&](size_t i) {
+    const at::Tensor& param = params[i];
+    if (!dense_like_param(param, inputs, used, i)) {
+      slow[i] = 1;
+      return;
     }
+    states_[0][i] = param.data_ptr();
+    for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = inputs[k].tensors[i].const_data_ptr();
+    for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
+    offset_[i + 1] = param.numel();
   });
   if (n > 0 && !slow[0]) lists_.dtype = kernel_dtype(op, params[0]);
   for (size_t i = 0; i < n; ++i) {
@@ -231,20 +234,14 @@ std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t
   enum Kind : uint8_t { kBad, kFloat32, kFloat64 };
   std::vector<uint8_t> kind(n, kBad);
   std::vector<void*> data(n, nullptr);
-  for_blocks(n, [&](size_t begin, size_t end) {
-    for (size_t block = begin; block < end; block += kPrefetchBlock) {
-      const size_t block_end = std::min(end, block + kPrefetchBlock);
-      prefetch_block(std::initializer_list<at::TensorList>{steps}, block, block_end);
-      for (size_t i = block; i < block_end; ++i) {
-        const at::Tensor& s = steps[i];
-        if (!s.defined() || s.numel() != 1 || !s.device().is_cpu()) continue;
-        const at::ScalarType type = s.scalar_type();
-        if (type != at::kFloat && type != at::kDouble) continue;
-        kind[i] = type == at::kFloat ? kFloat32 : kFloat64;
-        data[i] = s.data_ptr();
-        __builtin_prefetch(data[i], 1);
-      }
-    }
+  for_each_prefetched(std::initializer_list<at::TensorList>{steps}, n, [&](size_t i) {
+    const at::Tensor& s = steps[i];
+    if (!s.defined() || s.numel() != 1 || !s.device().is_cpu()) return;
+    const at::ScalarType type = s.scalar_type();
+    if (type != at::kFloat && type != at::kDouble) return;
+    kind[i] = type == at::kFloat ? kFloat32 : kFloat64;
+    data[i] = s.data_ptr();
+    __builtin_prefetch(data[i], 1);
   });
   for (size_t i = 0; i < n; ++i) {
     if (kind[i] != kBad) continue;
