@@ -19,7 +19,7 @@
 #pragma GCC target("avx2,fma,f16c")
 #define FUSEDOPT_ISA avx2
 #define FUSEDOPT_ISA_NAME "avx2"
-#define FUSEDOPT_F16C 1  // this target has F16C: float16 goes through vcvtph2ps/vcvtps2ph
+#define FUSEDOPT_AVX2_F16C 1  // float16 via vcvtph2ps/vcvtps2ph, bfloat16 rounded with AVX2 intrinsics
 #include "kernels_impl.h"
 #pragma GCC pop_options
 

@@ -171,7 +171,7 @@ constexpr int kBlock = 512;
 template <typename T>
 FUSEDOPT_ALWAYS_INLINE void widen(const T* src, float* dst, int n) {
   int i = 0;
-#if defined(FUSEDOPT_F16C)
+#if defined(FUSEDOPT_AVX2_F16C)
   if constexpr (std::is_same_v<T, Half>) {
     for (; i + 8 <= n; i += 8) {
       _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
@@ -184,7 +184,7 @@ FUSEDOPT_ALWAYS_INLINE void widen(const T* src, float* dst, int n) {
 template <typename T>
 FUSEDOPT_ALWAYS_INLINE void narrow(const float* src, T* dst, int n) {
   int i = 0;
-#if defined(FUSEDOPT_F16C)
+#if defined(FUSEDOPT_AVX2_F16C)
   if constexpr (std::is_same_v<T, Half>) {
     for (; i + 8 <= n; i += 8) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
