@@ -27,11 +27,18 @@ if [ "$what" = diagnose ] || [ "$what" = tests ] || [ "$what" = all ]; then
   python3 - <<'PY' 2>&1 | tee "$out/diagnose.log"
 import torch, fusedopt
 try:
+    torch.zeros(2) + torch.zeros(3)  # torch's own message with numbers in it
+except RuntimeError as e:
+    print("bare python, torch: raised:", str(e).splitlines()[0])
+try:
     torch.ops.fusedopt.traffic_([torch.zeros(2)], [], [], [], [])
 except RuntimeError as e:
-    print("bare python: raised:", str(e).splitlines()[0])
+    print("bare python, fusedopt: raised:", str(e).splitlines()[0])
 print("libstdc++ mapped:", sorted({l.split()[-1] for l in open("/proc/self/maps") if "libstdc++" in l}))
 PY
+  { g++ --version | head -1
+    echo "libstdc++ symbols defined in _C.so: $(nm -D --defined-only fusedopt/_C*.so | grep -c ' _ZNSt6locale')"
+    ldd fusedopt/_C*.so | grep -E 'stdc|gcc_s'; } 2>&1 | tee -a "$out/diagnose.log"
   python3 -m pytest --co -p no:cacheprovider tests/test_bad_input.py 2>&1 | grep -i "^plugins" | tee -a "$out/diagnose.log"
   PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_bad_input.py 2>&1 \
     | tail -3 | sed 's/^/no plugin autoload: /' | tee -a "$out/diagnose.log"
