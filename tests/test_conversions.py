@@ -5,7 +5,7 @@ s + g in float32, so it exposes the conversions alone.)"""
 import pytest
 import torch
 
-import fusedopt
+import fusedopt  # noqa: F401  (registers torch.ops.fusedopt)
 
 
 def _all_patterns(dtype):

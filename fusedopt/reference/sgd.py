@@ -1,5 +1,3 @@
-import torch
-
 from ._precision import effective_grad, math_precision
 
 
