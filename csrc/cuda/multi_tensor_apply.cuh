@@ -43,26 +43,35 @@ struct LaunchScalars {
   double reg_weight;        // fusedopt.classic: g = dw + reg_weight * dr
 };
 
+// One launch's tensors: N of them, each with its streams, functor, step
+// pointer and first block.
+template <class Update, int States, int N>
+struct TensorTableOf {
+  static constexpr int kTensors = N;
+  void* grads[N];
+  const void* reg_grads[N];
+  void* states[States][N];
+  int64_t numel[N];
+  Update updates[N];      // host-formed functors
+  const float* steps[N];  // device step counts, or null: use updates[]
+  int32_t first_block[N + 1];
+  int32_t count;
+};
+
+// The most tensors whose table fits beside the launch scalars. Counting each
+// tensor's own bytes and the two int32 of the table gives an upper bound;
+// padding can cost one tensor less.
 template <class Update, int States>
 constexpr int max_tensors() {
+  constexpr int scalars = sizeof(LaunchScalars<typename Update::Hyper>);
   constexpr int per_tensor =
-      (3 + States) * sizeof(void*) + sizeof(int64_t) + sizeof(Update) + sizeof(void*) + sizeof(int32_t);
-  constexpr int room = kArgBytes - sizeof(LaunchScalars<typename Update::Hyper>) - 16;
-  return room / per_tensor;
+      (2 + States) * sizeof(void*) + sizeof(int64_t) + sizeof(Update) + sizeof(void*) + sizeof(int32_t);
+  constexpr int most = (kArgBytes - scalars - 2 * sizeof(int32_t)) / per_tensor;
+  return sizeof(TensorTableOf<Update, States, most>) + scalars <= kArgBytes ? most : most - 1;
 }
 
 template <class Update, int States>
-struct TensorTable {
-  static constexpr int kTensors = max_tensors<Update, States>();
-  void* grads[kTensors];
-  const void* reg_grads[kTensors];
-  void* states[States][kTensors];
-  int64_t numel[kTensors];
-  Update updates[kTensors];      // host-formed functors
-  const float* steps[kTensors];  // device step counts, or null: use updates[]
-  int32_t first_block[kTensors + 1];
-  int32_t count;
-};
+using TensorTable = TensorTableOf<Update, States, max_tensors<Update, States>()>;
 
 template <typename T, int V>
 struct alignas(kVectorBytes) Pack {
