@@ -41,7 +41,13 @@ def test_param_groups_and_add_param_group(name):
                                      **BASIC[name], **extra)
         run_steps(opt, params[:3], 3)
         opt.add_param_group({"params": params[3:], "lr": 0.02, "weight_decay": 0.1})
-        run_steps(opt, params, 3, start=3)
+        try:
+            run_steps(opt, params, 3, start=3)
+        except KeyError as e:
+            if library is fusedopt:
+                raise
+            # torch 2.11's Adagrad creates no state for params added later
+            pytest.skip(f"torch.optim.{name} {torch.__version__} fails after add_param_group: KeyError {e}")
         results.append((opt, params))
     assert_same_state(*results[0], *results[1], STATE_KEYS[name], *FP32)
 
