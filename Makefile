@@ -35,20 +35,35 @@ $(BUILT): $(DEPS) $(SOURCES)
 	touch $@
 
 # Compiles every CUDA source to an object file for each of CUDA_ARCHS, so a
-# CUDA error fails CI on a machine without a GPU. The CPU torch wheel ships
-# the CUDA headers but not the generated cuda_cmake_macros.h: a one-line
-# stand-in goes after torch's include path, so a real one wins.
-cuda-check: $(DEPS)
-	mkdir -p $(CUDA_CHECK)/stub/c10/cuda/impl
-	echo '#define C10_CUDA_BUILD_SHARED_LIBS' > $(CUDA_CHECK)/stub/c10/cuda/impl/cuda_cmake_macros.h
-	set -e; includes="$$($(PY) -c 'from torch.utils.cpp_extension import include_paths; print(" ".join("-I" + p for p in include_paths()))')"; \
-	abi="$$($(PY) -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"; \
-	for arch in $(CUDA_ARCHS); do for src in csrc/cuda/*.cu; do \
-	  echo "nvcc sm_$$arch $$src"; \
-	  $(NVCC) -c $$src -o $(CUDA_CHECK)/$$(basename $$src .cu)_sm$$arch.o -std=c++20 -O3 --expt-relaxed-constexpr \
-	    -gencode arch=compute_$$arch,code=sm_$$arch $$includes -I$(CUDA_CHECK)/stub -Icsrc/include -Icsrc \
-	    -D_GLIBCXX_USE_CXX11_ABI=$$abi -Xcompiler -fPIC; \
-	done; done
+# CUDA error fails CI on a machine without a GPU (independent objects: run it
+# with -j). The CPU torch wheel ships the CUDA headers but not the generated
+# cuda_cmake_macros.h: a one-line stand-in goes after torch's include path,
+# so a real one wins.
+CUDA_STUB := $(CUDA_CHECK)/stub/c10/cuda/impl/cuda_cmake_macros.h
+CUDA_HEADERS := $(shell find csrc -name '*.h' -o -name '*.cuh')
+CUDA_NAMES := $(basename $(notdir $(wildcard csrc/cuda/*.cu)))
+CUDA_OBJECTS := $(foreach a,$(CUDA_ARCHS),$(CUDA_NAMES:%=$(CUDA_CHECK)/%_sm$(a).o))
+CUDA_FLAGS := $(CUDA_CHECK)/nvcc-flags
+
+cuda-check: $(CUDA_OBJECTS)
+
+# torch's include paths and C++ ABI, read once.
+$(CUDA_FLAGS): $(DEPS)
+	mkdir -p $(dir $@)
+	$(PY) -c 'import torch; from torch.utils.cpp_extension import include_paths as p; \
+	  print(*("-I" + i for i in p()), "-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI)' > $@
+
+$(CUDA_STUB):
+	mkdir -p $(dir $@)
+	echo '#define C10_CUDA_BUILD_SHARED_LIBS' > $@
+
+define cuda_object_rule
+$(CUDA_CHECK)/%_sm$(1).o: csrc/cuda/%.cu $(CUDA_HEADERS) $(CUDA_STUB) $(CUDA_FLAGS)
+	@echo "nvcc sm_$(1) $$<"
+	@$(NVCC) -c $$< -o $$@ -gencode arch=compute_$(1),code=sm_$(1) -std=c++20 -O3 --expt-relaxed-constexpr \
+	  -Xcompiler -fPIC -Icsrc/include -Icsrc $$$$(cat $(CUDA_FLAGS)) -I$(CUDA_CHECK)/stub
+endef
+$(foreach a,$(CUDA_ARCHS),$(eval $(call cuda_object_rule,$(a))))
 
 clean:
 	rm -rf build *.egg-info fusedopt/_C*.so $(BUILT)
