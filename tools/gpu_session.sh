@@ -36,9 +36,9 @@ except RuntimeError as e:
     print("bare python, fusedopt: raised:", str(e).splitlines()[0])
 print("libstdc++ mapped:", sorted({l.split()[-1] for l in open("/proc/self/maps") if "libstdc++" in l}))
 PY
-  { g++ --version | head -1
-    echo "libstdc++ symbols defined in _C.so: $(nm -D --defined-only fusedopt/_C*.so | grep -c ' _ZNSt6locale')"
-    ldd fusedopt/_C*.so | grep -E 'stdc|gcc_s'; } 2>&1 | tee -a "$out/diagnose.log"
+  { g++ --version | head -1; ldd fusedopt/_C*.so | grep -E 'stdc|gcc_s'
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py -k libstdcxx \
+      | tail -3; } 2>&1 | tee -a "$out/diagnose.log"
   python3 -m pytest --co -p no:cacheprovider tests/test_bad_input.py 2>&1 | grep -i "^plugins" | tee -a "$out/diagnose.log"
   PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_bad_input.py 2>&1 \
     | tail -3 | sed 's/^/no plugin autoload: /' | tee -a "$out/diagnose.log"
