@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/kernel_api.h"
+#include "message.h"
 
 namespace {
 
@@ -16,7 +17,7 @@ std::string cpu_isas_supported() { return fusedopt::cpu::supported_isas(); }
 
 // For tests and benchmarks: run the kernels built for a lower ISA.
 std::string set_cpu_isa(std::string name) {
-  TORCH_CHECK(fusedopt::cpu::set_kernel_isa(name.c_str()), "fusedopt: unknown or unsupported CPU ISA '",
+  FUSEDOPT_CHECK(fusedopt::cpu::set_kernel_isa(name.c_str()), "fusedopt: unknown or unsupported CPU ISA '",
               name, "'; this CPU supports ", fusedopt::cpu::supported_isas());
   return cpu_isa();
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "device_kernels.h"
+#include "message.h"
 #include "tensor_lists.h"
 
 namespace fusedopt {
@@ -26,7 +27,7 @@ c10::DeviceType device_of(at::TensorList params) {
 
 const DeviceKernels& kernels_for(const char* op, c10::DeviceType type) {
   const DeviceKernels* k = device_kernels(type);
-  TORCH_CHECK(k != nullptr, "fusedopt.", op, ": this build has no kernels for ", c10::DeviceTypeName(type),
+  FUSEDOPT_CHECK(k != nullptr, "fusedopt.", op, ": this build has no kernels for ", c10::DeviceTypeName(type),
               " tensors");
   return *k;
 }
@@ -48,9 +49,9 @@ class OnDevice {
 
 // A one-element float32 tensor the kernels read on their device.
 const float* device_scalar(const char* op, const char* name, const at::Tensor& t, const at::Tensor& param) {
-  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat, "fusedopt.", op, ": ", name,
+  FUSEDOPT_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat, "fusedopt.", op, ": ", name,
               " must be a one-element float32 tensor, got ", t.scalar_type(), " of shape ", t.sizes());
-  TORCH_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, " is on ", t.device(),
+  FUSEDOPT_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, " is on ", t.device(),
               " but the params are on ", param.device());
   return t.const_data_ptr<float>();
 }
@@ -69,14 +70,14 @@ class StepInputs {
     const bool any = !params.empty();
     device_steps_ = has_steps && any && !steps.empty() && steps[0].defined() && !steps[0].device().is_cpu();
     if (device_steps_) {
-      TORCH_CHECK(k.increment_steps != nullptr, "fusedopt.", op, ": state_steps must be CPU tensors for ",
+      FUSEDOPT_CHECK(k.increment_steps != nullptr, "fusedopt.", op, ": state_steps must be CPU tensors for ",
                   params[0].device().type(), " params");
-      TORCH_CHECK(steps.size() == params.size(), "fusedopt.", op, ": got ", params.size(), " params but ",
+      FUSEDOPT_CHECK(steps.size() == params.size(), "fusedopt.", op, ": got ", params.size(), " params but ",
                   steps.size(), " state_steps");
       step_ptrs_.resize(steps.size());
       for (size_t i = 0; i < steps.size(); ++i) {
         const at::Tensor& s = steps[i];
-        TORCH_CHECK(s.defined() && s.numel() == 1 && s.device() == params[0].device() &&
+        FUSEDOPT_CHECK(s.defined() && s.numel() == 1 && s.device() == params[0].device() &&
                         s.scalar_type() == at::kFloat,
                     "fusedopt.", op, ": state_steps[", i, "] must be a one-element float32 tensor on ",
                     params[0].device(), " (capturable steps) or a CPU tensor");
@@ -94,7 +95,7 @@ class StepInputs {
       }
     }
     if (lr_tensor.has_value()) {
-      TORCH_CHECK(lr_tensor->numel() == 1, "fusedopt.", op, ": lr_tensor must have one element");
+      FUSEDOPT_CHECK(lr_tensor->numel() == 1, "fusedopt.", op, ": lr_tensor must have one element");
       if (device_steps_ && lr_tensor->device() == params[0].device()) {
         lr_float_ = lr_tensor->to(at::kFloat);
         l.device_lr = lr_float_.const_data_ptr<float>();
@@ -127,6 +128,13 @@ class StepInputs {
   std::vector<double> host_steps_;
 };
 
+// 1 - beta^step is zero for every step when |beta| = 1: the step size would be
+// infinite (torch.optim.Adam raises ZeroDivisionError), so nothing is updated.
+void check_bias_correction(const char* op, const char* name, double beta) {
+  FUSEDOPT_CHECK_VALUE(beta != 1.0 && beta != -1.0, "fusedopt.", op, ": ", name, " is ", beta,
+                       ", so the bias correction 1 - ", name, "^step is zero");
+}
+
 std::vector<math::AdamStep<double>> adam_scalars(const math::AdamHyper& hyper, const std::vector<double>& steps) {
   std::vector<math::AdamStep<double>> out(steps.size());
   math::adam_step_scalars_list(hyper, steps.data(), static_cast<int64_t>(steps.size()), out.data());
@@ -140,10 +148,9 @@ void adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
   const OnDevice on("adam_", params);
   const DeviceKernels& k = on.kernels;
   PreparedLists prepared("adam_", on.type, params, grads,
-                         {{"exp_avgs", exp_avgs},
-                          {"exp_avg_sqs", exp_avg_sqs},
-                          {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : at::TensorList()}},
+                         {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
                          {}, grad_scale.has_value());
+  check_bias_correction("adam_", "beta1", beta1);
   const StepInputs in("adam_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
   cpu::AdamArgs args;
@@ -165,11 +172,10 @@ void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_bu
   const DeviceKernels& k = on.kernels;
   const bool has_momentum = momentum != 0.0;
   PreparedLists prepared("sgd_", on.type, params, grads,
-                         {{"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()}}, {},
-                         grad_scale.has_value());
-  TORCH_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
+                         {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, grad_scale.has_value());
+  FUSEDOPT_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
               first_step.size(), " entries for ", params.size(), " params");
-  TORCH_CHECK(!nesterov || has_momentum, "fusedopt.sgd_: nesterov requires a nonzero momentum");
+  FUSEDOPT_CHECK(!nesterov || has_momentum, "fusedopt.sgd_: nesterov requires a nonzero momentum");
   const StepInputs in("sgd_", k, prepared, params, {}, false, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
   const std::vector<uint8_t> first(first_step.begin(), first_step.end());
@@ -215,8 +221,8 @@ void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_
   // Slot order of math::RmspropUpdate: square_avg, momentum_buffer, grad_avg.
   PreparedLists prepared("rmsprop_", on.type, params, grads,
                          {{"square_avgs", square_avgs},
-                          {"momentum_buffers", has_momentum ? momentum_buffers : at::TensorList()},
-                          {"grad_avgs", centered ? grad_avgs : at::TensorList()}},
+                          {"momentum_buffers", momentum_buffers, has_momentum},
+                          {"grad_avgs", grad_avgs, centered}},
                          {}, grad_scale.has_value());
   const StepInputs in("rmsprop_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
@@ -235,7 +241,9 @@ void traffic(at::TensorList params, at::TensorList grads, at::TensorList states1
   const OnDevice on("traffic_", params);
   const DeviceKernels& k = on.kernels;
   PreparedLists prepared("traffic_", on.type, params, grads,
-                         {{"states1", states1}, {"states2", states2}, {"states3", states3}});
+                         {{"states1", states1, !states1.empty()},
+                          {"states2", states2, !states2.empty()},
+                          {"states3", states3, !states3.empty()}});
   cpu::TrafficArgs args;
   args.states = 1 + int(!states1.empty()) + int(!states2.empty()) + int(!states3.empty());
   k.traffic(prepared.lists(), args);
@@ -256,8 +264,9 @@ void classic_sgd(at::TensorList ws, at::TensorList dws, at::TensorList drs, at::
                  double alpha, double lambdaa, double epsilon, bool nesterov) {
   const OnDevice on("classic_sgd_", ws);
   const DeviceKernels& k = on.kernels;
+  // No velocities: plain gradient descent (the seed's SGD without momentum).
   PreparedLists prepared =
-      classic_lists("classic_sgd_", on, ws, dws, drs, {{"velocities", velocities}}, lambdaa);
+      classic_lists("classic_sgd_", on, ws, dws, drs, {{"velocities", velocities, !velocities.empty()}}, lambdaa);
   cpu::SgdArgs args;
   args.hyper = {alpha, epsilon, 0.0, 0.0};
   args.momentum = velocities.empty() ? math::Momentum::kNone
@@ -291,7 +300,8 @@ void classic_rmsprop(at::TensorList ws, at::TensorList dws, at::TensorList drs, 
   const OnDevice on("classic_rmsprop_", ws);
   const DeviceKernels& k = on.kernels;
   PreparedLists prepared =
-      classic_lists("classic_rmsprop_", on, ws, dws, drs, {{"rs", rs}, {"velocities", velocities}}, lambdaa);
+      classic_lists("classic_rmsprop_", on, ws, dws, drs,
+                    {{"rs", rs}, {"velocities", velocities, !velocities.empty()}}, lambdaa);
   cpu::RmspropArgs args;
   args.hyper = {alpha, rho, delta, 0.0, epsilon};
   args.weight_decay = false;
@@ -309,6 +319,7 @@ void classic_adam(at::TensorList ws, at::TensorList dws, at::TensorList drs, at:
   const OnDevice on("classic_adam_", ws);
   const DeviceKernels& k = on.kernels;
   PreparedLists prepared = classic_lists("classic_adam_", on, ws, dws, drs, {{"ss", ss}, {"rs", rs}}, lambdaa);
+  check_bias_correction("classic_adam_", "rho1", rho1);
   cpu::AdamArgs args;
   args.hyper = {alpha, rho1, rho2, delta, 0.0};
   args.decay = math::Decay::kNone;

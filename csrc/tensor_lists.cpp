@@ -2,9 +2,11 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
+
+#include "message.h"
 
 namespace fusedopt {
 namespace {
@@ -16,29 +18,43 @@ cpu::Dtype kernel_dtype(const char* op, const at::Tensor& t) {
     case at::kBFloat16: return cpu::Dtype::kBFloat16;
     case at::kHalf: return cpu::Dtype::kFloat16;
     default:
-      TORCH_CHECK(!t.is_complex(), "fusedopt.", op,
+      FUSEDOPT_CHECK(!t.is_complex(), "fusedopt.", op,
                   ": complex tensors are passed as torch.view_as_real views");
-      TORCH_CHECK(false, "fusedopt.", op, ": params must be float32, float64, bfloat16 or float16, got ",
+      FUSEDOPT_CHECK(false, "fusedopt.", op, ": params must be float32, float64, bfloat16 or float16, got ",
                   t.scalar_type());
   }
 }
 
 void check_like_param(const char* op, const char* name, size_t i, const at::Tensor& t,
                       const at::Tensor& param) {
-  TORCH_CHECK(t.defined(), "fusedopt.", op, ": ", name, "[", i, "] is undefined");
-  TORCH_CHECK(t.layout() == at::kStrided, "fusedopt.", op, ": ", name, "[", i,
+  FUSEDOPT_CHECK(t.defined(), "fusedopt.", op, ": ", name, "[", i, "] is undefined");
+  FUSEDOPT_CHECK(t.layout() == at::kStrided, "fusedopt.", op, ": ", name, "[", i,
               "] is sparse; sparse gradients and states are not supported");
-  TORCH_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, "[", i, "] is on ",
+  FUSEDOPT_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, "[", i, "] is on ",
               t.device(), " but its param is on ", param.device());
-  TORCH_CHECK(t.scalar_type() == param.scalar_type(), "fusedopt.", op, ": ", name, "[", i, "] is ",
+  FUSEDOPT_CHECK(t.scalar_type() == param.scalar_type(), "fusedopt.", op, ": ", name, "[", i, "] is ",
               t.scalar_type(), " but its param is ", param.scalar_type());
-  TORCH_CHECK(t.sizes() == param.sizes(), "fusedopt.", op, ": ", name, "[", i, "] has shape ",
+  FUSEDOPT_CHECK(t.sizes() == param.sizes(), "fusedopt.", op, ": ", name, "[", i, "] has shape ",
               t.sizes(), " but its param has shape ", param.sizes());
 }
 
 void check_writable(const char* op, const char* name, size_t i, const at::Tensor& t) {
-  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, "fusedopt.", op, ": ", name, "[",
+  FUSEDOPT_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, "fusedopt.", op, ": ", name, "[",
               i, "] has elements that share memory (an expanded view?); it cannot be updated in place");
+}
+
+// Two operands of one param that overlap in memory (a state that aliases its
+// param, a grad that is its param) would make the in-place update read what
+// it has just written: the result would depend on the kernel's order.
+void check_disjoint(const char* op, const NamedList& a, const NamedList& b, size_t i) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a.tensors[i], b.tensors[i]);
+  FUSEDOPT_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, "fusedopt.",
+                 op, ": ", a.name, "[", i, "] and ", b.name, "[", i,
+                 "] share memory; a param, its grad and its states must be distinct tensors");
+}
+
+c10::StorageImpl* storage_of(const c10::TensorImpl* t) {
+  return t->has_storage() ? t->unsafe_storage().unsafeGetStorageImpl() : nullptr;
 }
 
 // Between steps the metadata of thousands of small tensors (TensorImpl,
@@ -97,21 +113,21 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
                              at::TensorList reg_grads, bool grads_mutable)
     : grads_mutable_(grads_mutable) {
   const size_t n = params.size();
-  TORCH_CHECK(grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", grads.size(), " grads");
+  FUSEDOPT_CHECK(grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", grads.size(), " grads");
   std::vector<NamedList> inputs{{"grads", grads}};
   if (!reg_grads.empty()) {
-    TORCH_CHECK(reg_grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", reg_grads.size(),
+    FUSEDOPT_CHECK(reg_grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", reg_grads.size(),
                 " regularization gradients");
     inputs.push_back({"reg_grads", reg_grads});
   }
   std::vector<NamedList> used;
   for (const NamedList& s : states) {
-    if (s.tensors.empty() && n > 0) continue;
-    TORCH_CHECK(s.tensors.size() == n, "fusedopt.", op, ": got ", n, " params but ", s.tensors.size(),
-                " ", s.name);
+    if (!s.used) continue;
+    FUSEDOPT_CHECK(s.tensors.size() == n, "fusedopt.", op, ": got ", n, " params but ", s.tensors.size(),
+                   " ", s.name, s.tensors.empty() ? " (the options given need this state)" : "");
     used.push_back(s);
   }
-  TORCH_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
+  FUSEDOPT_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
 
   lists_.count = static_cast<int64_t>(n);
   device_ = device;
@@ -152,7 +168,8 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
 
 // The common case, tested cheaply: a dense float param of the expected
 // device and of params[0]'s dtype, with every operand of the same dtype,
-// device, shape and strides (so no operand overlaps itself either).
+// device, shape and strides (so no operand overlaps itself either), each in
+// a storage of its own (so no two operands overlap).
 bool PreparedLists::dense_like_param(const at::Tensor& param, const std::vector<NamedList>& inputs,
                                      const std::vector<NamedList>& used, size_t i) const {
   if (!param.defined()) return false;
@@ -163,6 +180,9 @@ bool PreparedLists::dense_like_param(const at::Tensor& param, const std::vector<
   const caffe2::TypeMeta dtype = p->dtype();
   if (i > 0 ? dtype != first_dtype_ : !at::isFloatingType(dtype.toScalarType())) return false;
   const c10::IntArrayRef sizes = p->sizes(), strides = p->strides();
+  c10::StorageImpl* storages[cpu::kMaxStates + 2];
+  size_t operands = 0;
+  storages[operands++] = storage_of(p);
   const auto same = [&](const at::Tensor& tensor) {
     if (!tensor.defined()) return false;
     const c10::TensorImpl* t = tensor.unsafeGetTensorImpl();
@@ -170,6 +190,11 @@ bool PreparedLists::dense_like_param(const at::Tensor& param, const std::vector<
         t->dim() != p->dim()) {
       return false;
     }
+    c10::StorageImpl* storage = storage_of(t);
+    for (size_t k = 0; k < operands; ++k) {
+      if (storages[k] == storage) return false;
+    }
+    storages[operands++] = storage;
     const c10::IntArrayRef t_sizes = t->sizes(), t_strides = t->strides();
     for (size_t d = 0; d < sizes.size(); ++d) {
       if (t_sizes[d] != sizes[d] || (sizes[d] > 1 && t_strides[d] != strides[d])) return false;
@@ -191,15 +216,15 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
                                    const std::vector<NamedList>& inputs, const std::vector<NamedList>& used,
                                    size_t i) {
   const at::Tensor& param = params[i];
-  TORCH_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
-  TORCH_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
-  TORCH_CHECK(param.device().type() == device, "fusedopt.", op, ": params[", i, "] is on ", param.device(),
+  FUSEDOPT_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
+  FUSEDOPT_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
+  FUSEDOPT_CHECK(param.device().type() == device, "fusedopt.", op, ": params[", i, "] is on ", param.device(),
               "; this implementation handles ", c10::DeviceTypeName(device), " tensors");
   const cpu::Dtype dtype = kernel_dtype(op, param);
   if (i == 0) {
     lists_.dtype = dtype;
   } else {
-    TORCH_CHECK(dtype == lists_.dtype, "fusedopt.", op, ": params[", i, "] is ", param.scalar_type(),
+    FUSEDOPT_CHECK(dtype == lists_.dtype, "fusedopt.", op, ": params[", i, "] is ", param.scalar_type(),
                 " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
   }
   check_writable(op, "params", i, param);
@@ -208,6 +233,25 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::T
   for (const NamedList& s : used) {
     check_like_param(op, s.name, i, s.tensors[i], param);
     check_writable(op, s.name, i, s.tensors[i]);
+  }
+  // Read-only inputs may share memory with each other (classic's dw and dr),
+  // and classic's dr may be its w itself (the seed's L2 term, dr = w: each
+  // element is read before it is written); nothing else may share memory.
+  std::vector<NamedList> operands{{"params", params}};
+  operands.insert(operands.end(), inputs.begin(), inputs.end());
+  operands.insert(operands.end(), used.begin(), used.end());
+  const bool has_reg = inputs.size() > 1;
+  const auto read_only = [&](size_t k) { return (k == 2 && has_reg) || (k == 1 && !grads_mutable_); };
+  const auto same_view = [&](const at::Tensor& t) {
+    return t.data_ptr() == param.data_ptr() && t.sizes() == param.sizes() && t.strides() == param.strides();
+  };
+  const bool reg_is_param = has_reg && same_view(inputs[1].tensors[i]);
+  for (size_t a = 0; a < operands.size(); ++a) {
+    for (size_t b = a + 1; b < operands.size(); ++b) {
+      if (read_only(a) && read_only(b)) continue;
+      if (a == 0 && b == 2 && reg_is_param) continue;
+      check_disjoint(op, operands[a], operands[b], i);
+    }
   }
   // Not dense with one layout: walk contiguous copies, written back in finish().
   auto copy = [&](const at::Tensor& t, bool mutated) {
@@ -227,7 +271,7 @@ void PreparedLists::finish() {
 }
 
 std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected) {
-  TORCH_CHECK(steps.size() == expected, "fusedopt.", op, ": got ", expected, " params but ",
+  FUSEDOPT_CHECK(steps.size() == expected, "fusedopt.", op, ": got ", expected, " params but ",
               steps.size(), " state_steps");
   const size_t n = steps.size();
   // Every step is checked before any is counted, so a bad one changes none.
@@ -243,15 +287,21 @@ std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t
     data[i] = s.data_ptr();
     __builtin_prefetch(data[i], 1);
   });
-  for (size_t i = 0; i < n; ++i) {
-    if (kind[i] != kBad) continue;
-    const at::Tensor& s = steps[i];
-    TORCH_CHECK(s.defined() && s.numel() == 1 && s.device().is_cpu(), "fusedopt.", op,
-                ": state_steps[", i, "] must be a one-element CPU tensor");
-    TORCH_CHECK(false, "fusedopt.", op, ": state_steps[", i, "] must be float32 or float64, got ",
-                s.scalar_type());
-  }
   std::vector<double> values(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (kind[i] == kBad) {
+      const at::Tensor& s = steps[i];
+      FUSEDOPT_CHECK(s.defined() && s.numel() == 1 && s.device().is_cpu(), "fusedopt.", op,
+                     ": state_steps[", i, "] must be a one-element CPU tensor");
+      FUSEDOPT_CHECK(false, "fusedopt.", op, ": state_steps[", i, "] must be float32 or float64, got ",
+                     s.scalar_type());
+    }
+    values[i] = kind[i] == kFloat32 ? double(*static_cast<float*>(data[i])) : *static_cast<double*>(data[i]);
+    // A negative count (a hand-edited or corrupt state dict) would make the
+    // first bias correction 1 - beta^0 = 0 and write NaN into the params.
+    FUSEDOPT_CHECK_VALUE(values[i] >= 0.0 && std::isfinite(values[i]), "fusedopt.", op, ": state_steps[", i,
+                         "] is ", values[i], "; a step count must be a finite number >= 0");
+  }
   for (size_t i = 0; i < n; ++i) {
     if (kind[i] == kFloat32) {
       values[i] = *static_cast<float*>(data[i]) += 1.0f;

@@ -15,14 +15,19 @@ namespace fusedopt {
 
 struct NamedList {
   const char* name;
-  at::TensorList tensors;  // empty when the variant does not use this state
+  at::TensorList tensors;
+  // Whether the options of the call read this list. A used list must hold one
+  // tensor per param (an empty one is an error, never a skipped state); an
+  // unused one is ignored, whatever it holds.
+  bool used = true;
 };
 
 class PreparedLists {
  public:
   // states: the optimizer states in the slot order of the algorithm's update
-  // functor; empty lists are skipped. Every tensor must be on `device`, share
-  // the params' dtype and shape, and be strided. A tensor whose operands are
+  // functor; those not `used` are skipped. Every tensor must be on `device`,
+  // share the params' dtype and shape, be strided, and share no memory with
+  // the other operands of its param. A tensor whose operands are
   // not dense with one common layout is walked through contiguous copies
   // that finish() writes back, so no update is lost.
   // reg_grads (fusedopt.classic's dr), when not empty, is a second read-only

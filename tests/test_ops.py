@@ -103,21 +103,6 @@ def test_info_reports_the_build():
         fusedopt.set_cpu_isa("sse9")
 
 
-def _defined_libstdcxx_symbols(library):
-    out = subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True, text=True, check=True)
-    return [line.split()[-1] for line in out.stdout.splitlines() if " _ZNSt6locale" in line]
-
-
-@pytest.mark.skipif(shutil.which("nm") is None or not sys.platform.startswith("linux"), reason="needs nm, Linux")
-def test_the_extension_uses_the_process_libstdcxx():
-    """The extension carries no libstdc++ of its own: a static copy beside
-    torch's breaks every error message that streams a number (the locale
-    crash of pytorch/pytorch#109923)."""
-    assert _defined_libstdcxx_symbols(fusedopt._native.C.__file__) == []
-    mapped = {line.split()[-1] for line in open("/proc/self/maps") if "libstdc++" in line}
-    assert len(mapped) <= 1, mapped
-
-
 def test_meta_device_falls_back_to_reference_with_one_warning():
     params = [torch.nn.Parameter(torch.empty(4, device="meta")) for _ in range(2)]
     opt = fusedopt.RMSprop(params, lr=0.1)

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "cpu/kernel_api.h"
+#include "message.h"
 
 namespace fusedopt {
 namespace cuda {
@@ -195,7 +196,7 @@ void multi_tensor_apply(const cpu::TensorLists& l, const typename Update::Hyper&
     const int64_t numel = l.offset[t + 1] - l.offset[t];
     if (numel == 0) continue;
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
-    TORCH_CHECK(chunks < (int64_t{1} << 30), "fusedopt: a tensor of ", numel, " elements is too large");
+    FUSEDOPT_CHECK(chunks < (int64_t{1} << 30), "fusedopt: a tensor of ", numel, " elements is too large");
     if (blocks + chunks >= (int64_t{1} << 31) - 1) launch();
     const int i = table.count++;
     table.grads[i] = const_cast<void*>(l.grads[t]);  // written only with a grad_scale (grads are then `!`)
