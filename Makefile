@@ -60,7 +60,7 @@ $(CUDA_STUB):
 define cuda_object_rule
 $(CUDA_CHECK)/%_sm$(1).o: csrc/cuda/%.cu $(CUDA_HEADERS) $(CUDA_STUB) $(CUDA_FLAGS)
 	@echo "nvcc sm_$(1) $$<"
-	@$(NVCC) -c $$< -o $$@ -gencode arch=compute_$(1),code=sm_$(1) -std=c++20 -O3 --expt-relaxed-constexpr \
+	@$(NVCC) -c $$< -o $$@ -gencode arch=compute_$(1),code=sm_$(1) -std=c++20 -O3 --expt-relaxed-constexpr --fmad=false \
 	  -Xcompiler -fPIC -Icsrc/include -Icsrc $$$$(cat $(CUDA_FLAGS)) -I$(CUDA_CHECK)/stub
 endef
 $(foreach a,$(CUDA_ARCHS),$(eval $(call cuda_object_rule,$(a))))

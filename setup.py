@@ -22,9 +22,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # one OpenMP runtime and one thread pool for torch and fusedopt.
 # No -std: torch's build helpers add the C++ standard torch itself was built
 # with (C++17 before torch 2.13, C++20 from it).
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
 
-NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
 
 sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 

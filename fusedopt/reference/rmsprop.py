@@ -7,7 +7,7 @@ def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, ep
     as torch.optim.RMSprop:
 
         v = alpha * v + (1 - alpha) * g^2
-        c = lerp(c, g, 1 - alpha);  avg = sqrt(v - c^2) + eps     (centered)
+        c = lerp(c, g, 1 - alpha);  avg = sqrt(max(v - c^2, 0)) + eps  (centered)
                                     avg = sqrt(v) + eps           (otherwise)
         b = momentum * b + g / avg;  param -= lr * b              (momentum > 0)
         param -= lr * g / avg                                     (otherwise)
@@ -23,7 +23,8 @@ def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, ep
         square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
         if centered:
             avg_state.lerp_(g, 1 - alpha)
-            avg = square_avg.addcmul(avg_state, avg_state, value=-1).sqrt_()
+            # v - c^2 is a variance: rounding can take it below 0 where it is nil.
+            avg = square_avg.addcmul(avg_state, avg_state, value=-1).clamp_min_(0).sqrt_()
         else:
             avg = square_avg.sqrt()
         avg = avg.add_(eps)

@@ -27,6 +27,20 @@ FUSEDOPT_HD M sqrt_(M x) {
 #endif
 }
 
+// a * b + c rounded once. The kernels are built without FMA contraction
+// (so every ISA and CUDA give the baseline's bits); this is for the few
+// places where torch.optim's CPU kernels fuse and the fused form decides the
+// result, not just its last bit (see rmsprop.h). Without an FMA unit (the
+// baseline ISA) it is libm's exact software fma: slower, the same bits.
+template <typename M>
+FUSEDOPT_HD M fma_(M a, M b, M c) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
 template <typename M>
 FUSEDOPT_HD M pow_(M x, M y) {
 #if defined(__CUDA_ARCH__)

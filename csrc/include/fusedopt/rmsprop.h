@@ -1,7 +1,7 @@
 // RMSprop (Hinton, Lecture 6e), with Graves' centered variant and momentum,
 // as torch.optim.RMSprop computes it:
 //   v = alpha v + (1 - alpha) g^2;  c = lerp(c, g, 1 - alpha) (centered)
-//   a = sqrt(v - c^2) or sqrt(v), plus eps
+//   a = sqrt(max(v - c^2, 0)) or sqrt(v), plus eps
 //   b = momentum b + g / a, p -= lr b   (momentum)   or   p -= lr g / a
 // The seed document's form (fusedopt.classic, SeedForm = true) puts eps
 // inside the root, a = sqrt(v + eps), and keeps a velocity:
@@ -47,7 +47,13 @@ struct RmspropUpdate {
     if constexpr (Centered) {
       M& grad_avg = s[kGradAvgSlot];
       grad_avg = lerp(grad_avg, grad, one_minus_alpha);
-      avg = sqrt_(square_avg - grad_avg * grad_avg);
+      // v - c^2 with c^2 unrounded, as torch's addcmul computes it on the
+      // CPU: a c whose square overflows (|g| ~ 1e20 in float32) then leaves
+      // v - c^2 = inf - finite = inf, where a rounded c^2 would give inf - inf
+      // = NaN. The variance is >= 0 in exact arithmetic; rounded, it can dip
+      // below zero where it is nil (alpha = 0, constant gradients) and sqrt
+      // would give NaN. A NaN from the data itself still comes through.
+      avg = sqrt_(maximum(fma_(-grad_avg, grad_avg, square_avg), M(0)));
     } else if constexpr (SeedForm) {
       avg = sqrt_(square_avg + eps);
     } else {
