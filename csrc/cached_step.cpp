@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "message.h"
+
 namespace fusedopt {
 namespace {
 
@@ -23,10 +25,12 @@ class CachedLists {
     zeros_.assign(params_.size(), 0);
   }
 
-  // Whether every param has a gradient (else the caller takes the slow path).
-  // Between steps the params' metadata has left the cache; the chain param ->
-  // autograd meta -> grad is fetched stage by stage for all params at once,
-  // so the misses overlap instead of queueing one behind the other.
+  // Whether every param has a gradient and every state tensor is still the
+  // optimizer's (else the caller takes the slow path, which reads the
+  // optimizer's state afresh). Between steps the params' metadata has left
+  // the cache; the chain param -> autograd meta -> grad is fetched stage by
+  // stage for all params at once, so the misses overlap instead of queueing
+  // one behind the other.
   bool ready() const {
     for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl());
     for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl()->autograd_meta());
@@ -35,7 +39,24 @@ class CachedLists {
       if (!g.defined()) return false;
       __builtin_prefetch(g.unsafeGetTensorImpl());
     }
-    return true;
+    return !replaced();
+  }
+
+  // Whether a state tensor has left the optimizer's state (`opt.state[p]["exp_avg"]
+  // = t`, a state moved to another device, a new state dict for p): then
+  // these lists are its last owner. The reference count sits in the
+  // TensorImpl that the step reads next anyway, so asking costs nothing; a
+  // replaced tensor that the caller still holds elsewhere is not seen.
+  bool replaced() const {
+    for (const std::vector<at::Tensor>& list : states_) {
+      for (const at::Tensor& t : list) {
+        if (t.defined() && t.use_count() == 1) return true;
+      }
+    }
+    for (const at::Tensor& t : steps_) {
+      if (t.defined() && t.use_count() == 1) return true;
+    }
+    return false;
   }
 
   // Runs fn(params, grads, states0, states1, states2, steps, zeros) with the
@@ -46,7 +67,7 @@ class CachedLists {
     grads_.reserve(params_.size());
     for (const at::Tensor& p : params_) {
       const at::Tensor& g = grad_of(p);
-      TORCH_CHECK(g.defined(), "fusedopt: a param lost its gradient during the step");
+      FUSEDOPT_CHECK(g.defined(), "fusedopt: a param lost its gradient during the step");
       grads_.push_back(g);
     }
     {
@@ -115,6 +136,18 @@ void rmsprop_step(CachedLists& c, double lr, double alpha, double eps, double we
   });
 }
 
+// Whether `list` still holds exactly the objects of `snapshot`, by identity:
+// how a cached plan notices `group["params"][i] = q` for the price of a
+// pointer comparison per param.
+bool same_items(const pybind11::list& list, const pybind11::tuple& snapshot) {
+  const Py_ssize_t n = PyList_GET_SIZE(list.ptr());
+  if (n != PyTuple_GET_SIZE(snapshot.ptr())) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (PyList_GET_ITEM(list.ptr(), i) != PyTuple_GET_ITEM(snapshot.ptr(), i)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 }  // namespace fusedopt
 
@@ -127,7 +160,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>>(),
            py::arg("params"), py::arg("states"), py::arg("steps"))
       .def("ready", &CachedLists::ready)
+      .def("replaced", &CachedLists::replaced)
       .def("__len__", &CachedLists::size);
+  m.def("same_items", &fusedopt::same_items, py::arg("list"), py::arg("snapshot"),
+        "Whether the list holds exactly the snapshot's objects, compared by identity.");
 #define STEP_INPUTS py::arg("lr_tensor") = py::none(), py::arg("grad_scale") = py::none(), \
                     py::arg("found_inf") = py::none()
   m.def("adam_step", &fusedopt::adam_step, py::arg("lists"), py::kw_only(), py::arg("lr"), py::arg("beta1"),

@@ -23,6 +23,24 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 if LOAD_ERROR is None:
     from . import _ops  # noqa: F401  (fake kernels for torch.compile)
 
+ENV_CPU_ISA = "FUSEDOPT_CPU_ISA"
+CPU_ISAS = ("baseline", "avx2", "avx512")
+
+
+def _check_cpu_isa_variable():
+    """FUSEDOPT_CPU_ISA must name an ISA (or "auto"); one this CPU lacks runs the best it has, with a warning."""
+    name = os.environ.get(ENV_CPU_ISA, "")
+    if name in ("", "auto"):
+        return
+    if name not in CPU_ISAS:
+        raise ValueError(f"{ENV_CPU_ISA}={name!r} is not one of {', '.join(CPU_ISAS)} or 'auto'")
+    if LOAD_ERROR is None and name not in torch.ops.fusedopt.cpu_isas_supported().split(","):
+        warnings.warn(f"{ENV_CPU_ISA}={name!r}: this CPU cannot run it; fusedopt uses "
+                      f"{torch.ops.fusedopt.cpu_isa()!r}", RuntimeWarning, stacklevel=2)
+
+
+_check_cpu_isa_variable()
+
 _warned = set()
 
 

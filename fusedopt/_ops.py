@@ -1,14 +1,46 @@
 """Fake (meta) kernels of the fusedopt ops, so torch.compile and FakeTensor
-tracing can run a step: every op mutates its inputs and returns nothing."""
+tracing can run a step: every op mutates its inputs and returns nothing.
+
+They also run whenever one tensor of a call is on the meta device (the
+dispatcher then picks the Meta kernel for the whole call), so they check
+what the real kernels would refuse about devices: a meta grad beside CPU
+params must not pass for a step that did nothing.
+"""
 import torch
 
 _OPS = ("adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_", "classic_sgd_", "classic_adagrad_",
         "classic_rmsprop_", "classic_adam_")
+_STEP_LISTS = ("state_steps", "steps")  # CPU tensors beside params of any device (torch.optim's layout)
 
 
-def _mutates_only(*args, **kwargs):
-    return None
+def _list_names(name):
+    schema = getattr(torch.ops.fusedopt, name).default._schema
+    return [a.name for a in schema.arguments if str(a.type) == "List[Tensor]"]
+
+
+def _check_devices(op, names, lists):
+    params = lists[0]
+    if not params:
+        return
+    device = params[0].device
+    for list_name, tensors in zip(names, lists):
+        allowed = (device, torch.device("cpu")) if list_name in _STEP_LISTS else (device,)
+        for i, t in enumerate(tensors):
+            if t.device not in allowed:
+                raise RuntimeError(f"fusedopt.{op}: {list_name}[{i}] is on {t.device} but params[0] is on {device}; "
+                                   "one call takes the tensors of one device")
+
+
+def _fake(name):
+    names = _list_names(name)
+
+    def fake(*args, **kwargs):
+        lists = list(args[:len(names)]) + [kwargs[n] for n in names[len(args):] if n in kwargs]
+        _check_devices(name, names, lists)
+        return None
+
+    return fake
 
 
 for _name in _OPS:
-    torch.library.register_fake(f"fusedopt::{_name}")(_mutates_only)
+    torch.library.register_fake(f"fusedopt::{_name}")(_fake(_name))

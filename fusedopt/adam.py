@@ -76,8 +76,12 @@ class Adam(FusedOptimizer):
         return lists
 
     def _hyper(self, group):
-        beta1, beta2 = group["betas"]
-        return dict(lr=self._lr(group), beta1=as_float(beta1), beta2=as_float(beta2),
+        beta1, beta2 = (as_float(b) for b in group["betas"])
+        if beta1 == 1.0:
+            # torch.optim.Adam fails the same way, on lr / (1 - beta1**step).
+            raise ZeroDivisionError(f"fusedopt.{type(self).__name__}: betas[0] is 1.0, so the bias correction "
+                                    "1 - beta1**step is zero; betas[0] must be in [0, 1)")
+        return dict(lr=self._lr(group), beta1=beta1, beta2=beta2,
                     weight_decay=as_float(group["weight_decay"]), eps=as_float(group["eps"]),
                     amsgrad=group["amsgrad"], maximize=group["maximize"],
                     decoupled_weight_decay=group["decoupled_weight_decay"])

@@ -10,14 +10,19 @@ C++ (a "plan"); later steps pass only their scalars and the gradients are
 gathered in C++, so a step costs no Python work per tensor. A plan is
 dropped when the group's params list, the optimizer's state dict or the
 group's state layout changes (add_param_group, load_state_dict, a new
-`amsgrad`, ...). Replacing a state tensor by hand (`opt.state[p]["exp_avg"] =
-t`) is not seen: call `invalidate_plans()` after doing that.
+`amsgrad`, ...), when a param of the group's list is replaced
+(`group["params"][i] = q`), and when a state tensor leaves the optimizer's
+state (`opt.state[p]["exp_avg"] = t`; see _Plan.matches for the one case
+that needs `invalidate_plans()`).
 """
+import re
+
 import torch
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import _native
+from ._distinct import check_distinct
 
 
 def as_float(x):
@@ -84,6 +89,11 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("_plans", {}).clear()
 
     def add_param_group(self, param_group):
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if params is not None and not isinstance(params, (torch.Tensor, set)):
+            param_group["params"] = params = list(params)  # a generator is read once
+        if isinstance(params, list):
+            check_distinct(type(self).__name__, getattr(self, "param_groups", []), params)
         self.invalidate_plans()
         super().add_param_group(param_group)
 
@@ -204,7 +214,10 @@ class FusedOptimizer(Optimizer):
                 for key in self._element_lists:
                     lists[key] = [torch.view_as_real(t) for t in lists[key]]
             if self._runs_native(device):
-                self._run_native(group, lists)
+                try:
+                    self._run_native(group, lists)
+                except (RuntimeError, ValueError) as error:
+                    raise _locate(error, self.param_groups, group, params) from None
                 planned.append(lists)
             else:
                 plannable = False
@@ -227,8 +240,11 @@ class FusedOptimizer(Optimizer):
         step_fn = getattr(_native.C, f"{self._op.rstrip('_')}_step")
         hyper = self._hyper(group)
         inputs = self._step_inputs(group)
-        for lists in plan.lists:
-            step_fn(lists, **hyper, **inputs)
+        for lists, params in zip(plan.lists, plan.bucket_params):
+            try:
+                step_fn(lists, **hyper, **inputs)
+            except (RuntimeError, ValueError) as error:
+                raise _locate(error, self.param_groups, group, params) from None
         return True
 
     def _structure(self, group):
@@ -257,16 +273,43 @@ def _make_plan(optimizer, group, bucket_lists):
     return _Plan(optimizer, group, bucket_lists)
 
 
+_INDEXED_NAME = re.compile(r"\b([a-z_]+)\[(\d+)\]")
+
+
+def _locate(error, param_groups, group, bucket):
+    """The op's error, with the first `list[i]` it names (an index into the
+    params of one (device, dtype) bucket of a group) located in param_groups."""
+    message = str(error)
+    match = _INDEXED_NAME.search(message)
+    if match is None or int(match.group(2)) >= len(bucket):
+        return error
+    param = bucket[int(match.group(2))]
+    g = next((g for g, candidate in enumerate(param_groups) if candidate is group), None)
+    i = next((i for i, p in enumerate(group["params"]) if p is param), None)
+    if g is None or i is None:
+        return error
+    what = _SINGULAR.get(match.group(1), match.group(1))
+    return type(error)(f"{message}\n({match.group(0)} is the {what} of param_groups[{g}]['params'][{i}], "
+                       f"shape {tuple(param.shape)}, {param.dtype})")
+
+
+_SINGULAR = {"params": "param", "grads": "grad", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
+             "max_exp_avg_sqs": "max_exp_avg_sq", "state_steps": "step", "momentum_buffers": "momentum_buffer",
+             "state_sums": "sum", "square_avgs": "square_avg", "grad_avgs": "grad_avg"}
+
+
 class _Plan:
     """A group's lists kept in C++, and what they were built from."""
 
     def __init__(self, optimizer, group, bucket_lists):
         self.params = group["params"]
+        self.snapshot = tuple(self.params)
         self.count = len(self.params)
         self.state = optimizer.state
         self.state_count = len(optimizer.state)
         self.structure = optimizer._structure(group)
         self.backend = optimizer.backend
+        self.bucket_params = [lists["params"] for lists in bucket_lists]
         self.lists = [
             _native.C.CachedLists(lists["params"], [lists[k] for k in optimizer._state_lists],
                                   lists.get("state_steps", []))
@@ -274,6 +317,11 @@ class _Plan:
         ]
 
     def matches(self, optimizer, group):
-        return (group["params"] is self.params and len(self.params) == self.count
+        """Whether the plan still describes the group. A replaced state tensor
+        is seen by CachedLists.ready() (the plan then holds its last
+        reference); one the caller still holds elsewhere is not, and needs
+        invalidate_plans()."""
+        return (group["params"] is self.params and type(self.params) is list
+                and _native.C.same_items(self.params, self.snapshot)
                 and optimizer.state is self.state and len(optimizer.state) == self.state_count
                 and optimizer.backend == self.backend and optimizer._structure(group) == self.structure)
