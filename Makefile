@@ -15,7 +15,7 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 CUDA_CHECK := build/cuda-check
 
-.PHONY: test bench build clean cuda-check
+.PHONY: test bench build clean cuda-check sanitize
 
 test: $(BUILT)
 	$(PY) -m pytest -q tests
@@ -25,9 +25,15 @@ bench: $(BUILT)
 
 build: $(BUILT)
 
+# The extension built with ASan and UBSan (-O1 -g) from a copy of the tree in
+# build-sanitize/, and the native-op tests run under them; fails on any
+# sanitizer report. Leaves the in-place build alone. See tools/sanitize.sh.
+sanitize: $(DEPS)
+	MAX_JOBS=$${MAX_JOBS:-2} PY=$(PY) tools/sanitize.sh
+
 $(DEPS): Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)" pybind11 ninja pytest numpy tqdm matplotlib "setuptools>=64" wheel
+	$(PY) -m pip install --quiet "$(TORCH)" pybind11 ninja pytest hypothesis numpy tqdm matplotlib "setuptools>=64" wheel
 	touch $@
 
 $(BUILT): $(DEPS) $(SOURCES)

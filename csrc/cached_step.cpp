@@ -18,46 +18,62 @@ const at::Tensor& grad_of(const at::Tensor& param) { return param.unsafeGetTenso
 
 class CachedLists {
  public:
+  // watched: the Python objects of the state tensors and step counts, whose
+  // references tell when one has left the optimizer's state (replaced()).
   CachedLists(std::vector<at::Tensor> params, std::vector<std::vector<at::Tensor>> states,
-              std::vector<at::Tensor> steps)
+              std::vector<at::Tensor> steps, const pybind11::list& watched)
       : params_(std::move(params)), states_(std::move(states)), steps_(std::move(steps)) {
     states_.resize(3);
     zeros_.assign(params_.size(), 0);
+    for (const pybind11::handle& obj : watched) watched_.push_back(pybind11::reinterpret_borrow<pybind11::object>(obj));
+    references_.assign(watched_.size(), 0);
   }
 
-  // Whether every param has a gradient and every state tensor is still the
-  // optimizer's (else the caller takes the slow path, which reads the
+  // Whether every param has a gradient and no state tensor has left the
+  // optimizer's state (else the caller takes the slow path, which reads the
   // optimizer's state afresh). Between steps the params' metadata has left
   // the cache; the chain param -> autograd meta -> grad is fetched stage by
   // stage for all params at once, so the misses overlap instead of queueing
   // one behind the other.
-  bool ready() const {
+  bool ready() {
     for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl());
+    for (const pybind11::object& obj : watched_) __builtin_prefetch(obj.ptr());
     for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl()->autograd_meta());
+    if (replaced()) return false;
     for (const at::Tensor& p : params_) {
       const at::Tensor& g = grad_of(p);
       if (!g.defined()) return false;
       __builtin_prefetch(g.unsafeGetTensorImpl());
     }
-    return !replaced();
+    return true;
   }
 
-  // Whether a state tensor has left the optimizer's state (`opt.state[p]["exp_avg"]
-  // = t`, a state moved to another device, a new state dict for p): then
-  // these lists are its last owner. The reference count sits in the
-  // TensorImpl that the step reads next anyway, so asking costs nothing; a
-  // replaced tensor that the caller still holds elsewhere is not seen.
-  bool replaced() const {
-    for (const std::vector<at::Tensor>& list : states_) {
-      for (const at::Tensor& t : list) {
-        if (t.defined() && t.use_count() == 1) return true;
-      }
-    }
-    for (const at::Tensor& t : steps_) {
-      if (t.defined() && t.use_count() == 1) return true;
-    }
-    return false;
+  // Records how many references each watched object has now: called once
+  // the step that built these lists has dropped its own temporaries.
+  void settle() {
+    for (size_t i = 0; i < watched_.size(); ++i) references_[i] = Py_REFCNT(watched_[i].ptr());
   }
+
+  // Whether a state tensor may have left the optimizer's state
+  // (`opt.state[p]["exp_avg"] = t`, a state moved to another device, a new
+  // state dict for p): some Python reference to it went away. Each object's
+  // count of references is the most seen since settle(); a drop below it is
+  // taken as a replacement. A reference that was taken and dropped elsewhere
+  // (a state_dict() that was saved) costs one step on the slow path, which
+  // builds new lists; a replaced tensor that its caller has held since
+  // before these lists were built is not seen (the docs ask for
+  // invalidate_plans() then).
+  bool replaced() {
+    bool dropped = false;
+    for (size_t i = 0; i < watched_.size(); ++i) {
+      const Py_ssize_t count = Py_REFCNT(watched_[i].ptr());
+      dropped |= count < references_[i];
+      references_[i] = std::max(references_[i], count);
+    }
+    return dropped;
+  }
+
+  size_t size() const { return params_.size(); }
 
   // Runs fn(params, grads, states0, states1, states2, steps, zeros) with the
   // current gradients, holding them only for the call.
@@ -77,7 +93,6 @@ class CachedLists {
     grads_.clear();
   }
 
-  size_t size() const { return params_.size(); }
 
  private:
   std::vector<at::Tensor> params_;
@@ -85,6 +100,8 @@ class CachedLists {
   std::vector<at::Tensor> steps_;
   std::vector<at::Tensor> grads_;
   std::vector<int64_t> zeros_;  // SGD's first_step flags once every buffer exists
+  std::vector<pybind11::object> watched_;
+  std::vector<Py_ssize_t> references_;
 };
 
 template <class Signature>
@@ -157,10 +174,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using fusedopt::CachedLists;
   py::class_<CachedLists>(m, "CachedLists",
                           "A param group's params, states and steps, kept in C++ between steps.")
-      .def(py::init<std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>>(),
-           py::arg("params"), py::arg("states"), py::arg("steps"))
+      .def(py::init<std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>,
+                    const py::list&>(),
+           py::arg("params"), py::arg("states"), py::arg("steps"), py::arg("watched"))
       .def("ready", &CachedLists::ready)
       .def("replaced", &CachedLists::replaced)
+      .def("settle", &CachedLists::settle)
       .def("__len__", &CachedLists::size);
   m.def("same_items", &fusedopt::same_items, py::arg("list"), py::arg("snapshot"),
         "Whether the list holds exactly the snapshot's objects, compared by identity.");

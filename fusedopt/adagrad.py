@@ -1,4 +1,5 @@
 import torch
+from torch.optim.adagrad import adagrad as torch_adagrad
 
 from . import reference
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters, new_step
@@ -55,6 +56,19 @@ class Adagrad(FusedOptimizer):
             lists["state_sums"].append(state["sum"])
             lists["state_steps"].append(state["step"])
         return lists
+
+    _takes_sparse = True
+
+    def _sparse_step(self, group, params):
+        """Sparse grads (embeddings with sparse=True) take torch.optim.Adagrad's
+        own sparse step: there is no dense pass to fuse."""
+        for p in params:
+            if len(self.state[p]) == 0:
+                self._init_state(p, self.defaults["initial_accumulator_value"])
+        torch_adagrad(params, [p.grad for p in params], [self.state[p]["sum"] for p in params],
+                                    [self.state[p]["step"] for p in params], has_sparse_grad=True, foreach=False,
+                                    lr=as_float(group["lr"]), weight_decay=group["weight_decay"],
+                                    lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])
 
     def _hyper(self, group):
         return dict(lr=self._lr(group), lr_decay=as_float(group["lr_decay"]),

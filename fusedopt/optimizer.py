@@ -121,6 +121,13 @@ class FusedOptimizer(Optimizer):
     def _sparse_error(self):
         return f"{type(self).__name__} does not support sparse gradients"
 
+    def _sparse_step(self, group, params):
+        """Steps the params whose grads are sparse (torch.optim.SGD and Adagrad
+        take them; the others refuse them, as here)."""
+        raise RuntimeError(self._sparse_error())
+
+    _takes_sparse = False
+
     def _runs_native(self, device):
         if self.backend == "reference":
             return False
@@ -194,18 +201,23 @@ class FusedOptimizer(Optimizer):
         return loss
 
     def _step_group(self, group):
+        self._hyper(group)  # its checks raise before any state is created
         if getattr(self, "found_inf", None) is not None and self._amp_skips_new_state(group):
             return
         buckets = {}
+        sparse = []
         every_param_has_grad = True
         for p in group["params"]:
             if p.grad is None:
                 every_param_has_grad = False
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(self._sparse_error())
-            buckets.setdefault((p.device, p.dtype), []).append(p)
-        plannable = every_param_has_grad and _native.native_loaded() and not torch.compiler.is_compiling()
+            elif p.grad.is_sparse:
+                sparse.append(p)
+            else:
+                buckets.setdefault((p.device, p.dtype), []).append(p)
+        if sparse and not self._takes_sparse:
+            raise RuntimeError(self._sparse_error())
+        plannable = (every_param_has_grad and not sparse and _native.native_loaded()
+                     and not torch.compiler.is_compiling())
         planned = []
         for (device, dtype), params in buckets.items():
             lists = self._gather(group, params)
@@ -225,8 +237,17 @@ class FusedOptimizer(Optimizer):
                     continue
                 self._unscale(lists["grads"])
                 self._reference(group, lists)
+        if sparse and not self._amp_skips():
+            self._unscale([p.grad for p in sparse])
+            self._sparse_step(group, sparse)
         if plannable and planned:
-            self._plans[id(group)] = _make_plan(self, group, planned)
+            self._plans.pop(id(group), None)  # the old plan's references go first too
+            plan = _make_plan(self, group, planned)
+            # The plan counts references to the state tensors from here on
+            # (CachedLists.replaced): this step's own references go first.
+            del lists, planned
+            plan.settle()
+            self._plans[id(group)] = plan
 
     def _step_planned(self, group):
         plan = self._plans.get(id(group)) if self._plans else None
@@ -312,15 +333,20 @@ class _Plan:
         self.bucket_params = [lists["params"] for lists in bucket_lists]
         self.lists = [
             _native.C.CachedLists(lists["params"], [lists[k] for k in optimizer._state_lists],
-                                  lists.get("state_steps", []))
+                                  lists.get("state_steps", []),
+                                  [t for k in optimizer._state_lists + ("state_steps",) for t in lists.get(k, ())])
             for lists in bucket_lists
         ]
 
+    def settle(self):
+        for lists in self.lists:
+            lists.settle()
+
     def matches(self, optimizer, group):
         """Whether the plan still describes the group. A replaced state tensor
-        is seen by CachedLists.ready() (the plan then holds its last
-        reference); one the caller still holds elsewhere is not, and needs
-        invalidate_plans()."""
+        is seen by CachedLists.ready() (a reference to it went away); one
+        whose caller held it since before the plan was built is not, and
+        needs invalidate_plans()."""
         return (group["params"] is self.params and type(self.params) is list
                 and _native.C.same_items(self.params, self.snapshot)
                 and optimizer.state is self.state and len(optimizer.state) == self.state_count

@@ -1,4 +1,5 @@
 import torch
+from torch.optim.sgd import sgd as torch_sgd
 
 from . import reference
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters
@@ -56,6 +57,20 @@ class SGD(FusedOptimizer):
     def _run_native(self, group, lists):
         torch.ops.fusedopt.sgd_(lists["params"], lists["grads"], lists["momentum_buffers"],
                                 first_step=lists["first_step"], **self._hyper(group), **self._step_inputs(group))
+
+    _takes_sparse = True
+
+    def _sparse_step(self, group, params):
+        """Sparse grads (embeddings with sparse=True) take torch.optim.SGD's own
+        per-tensor step: there is no dense pass to fuse."""
+        momentum = group["momentum"]
+        buffers = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else [None] * len(params)
+        torch_sgd(params, [p.grad for p in params], buffers, has_sparse_grad=True, foreach=False,
+                            weight_decay=group["weight_decay"], momentum=momentum, lr=as_float(group["lr"]),
+                            dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        if momentum != 0:
+            for p, buffer in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buffer
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)

@@ -2,7 +2,6 @@
 torch.compile, one call per group, the build report, and the reference
 fallback."""
 import os
-import shutil
 import subprocess
 import sys
 import textwrap

@@ -122,3 +122,76 @@ def test_optimizer_with_a_plan_can_be_copied_and_pickled():
     torch.save(opt, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=False).state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+@pytest.mark.parametrize("name,opts,key", [("Adam", dict(lr=0.01), "exp_avg"), ("SGD", dict(lr=0.05, momentum=0.9),
+                                                                                  "momentum_buffer"),
+                                           ("RMSprop", dict(lr=0.01, centered=True), "grad_avg"),
+                                           ("Adagrad", dict(lr=0.05), "sum"), ("Adam", dict(lr=0.01), "step")])
+def test_a_state_tensor_replaced_after_the_plan_is_the_one_updated(name, opts, key):
+    """`opt.state[p][key] = new` (moving states between phases of training)
+    needs no invalidate_plans(): later steps update the new tensor."""
+    ours, ours_params, theirs, torch_params = _twins(name, opts)
+    pairs = [(ours, ours_params), (theirs, torch_params)]
+    _step(pairs, 0)
+    _step(pairs, 1)
+    assert ours._plans
+    for opt, params in pairs:
+        opt.state[params[1]][key] = opt.state[params[1]][key].clone()
+    _step(pairs, 2)
+    _step(pairs, 3)
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS[name], *FP32)
+    assert ours._plans
+
+
+def test_a_state_replaced_right_after_the_first_step_is_seen():
+    ours, ours_params, theirs, torch_params = _twins("Adam", dict(lr=0.01))
+    pairs = [(ours, ours_params), (theirs, torch_params)]
+    _step(pairs, 0)  # builds the plan
+    for opt, params in pairs:
+        opt.state[params[0]] = {k: v.clone() for k, v in opt.state[params[0]].items()}
+    _step(pairs, 1)
+    _step(pairs, 2)
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS["Adam"], *FP32)
+
+
+def test_a_param_replaced_in_the_group_is_the_one_updated():
+    ours, ours_params, theirs, torch_params = _twins("Adam", dict(lr=0.01))
+    pairs = [(ours, ours_params), (theirs, torch_params)]
+    _step(pairs, 0)
+    _step(pairs, 1)
+    fresh = make_params([(3, 5)], torch.float32, seed=9)
+    for opt, params, new in ((ours, ours_params, clone_params(fresh)[0]), (theirs, torch_params,
+                                                                          clone_params(fresh)[0])):
+        opt.param_groups[0]["params"][1] = new
+        params[1] = new
+    _step(pairs, 2)
+    _step(pairs, 3)
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS["Adam"], *FP32)
+
+
+def test_references_held_across_a_step_cost_one_slow_step():
+    """Other references to the state tensors held while a step runs (a
+    checkpoint being written, say): when they go, the plan takes one step on
+    the slow path (which reads the optimizer's state afresh) and plans again.
+    References taken and dropped between steps are not seen at all."""
+    ours, ours_params, theirs, torch_params = _twins("Adam", dict(lr=0.01))
+    pairs = [(ours, ours_params), (theirs, torch_params)]
+    _step(pairs, 0)
+    _step(pairs, 1)
+    calls = []
+    real = fusedopt._native.C.adam_step
+    fusedopt._native.C.adam_step = lambda *a, **k: (calls.append(1), real(*a, **k))
+    try:
+        held = [t for state in ours.state.values() for t in state.values()]
+        _step(pairs, 2)  # planned
+        del held
+        _step(pairs, 3)  # slow path, new plan
+        held = [t for state in ours.state.values() for t in state.values()]
+        del held
+        _step(pairs, 4)  # planned
+        _step(pairs, 5)  # planned
+    finally:
+        fusedopt._native.C.adam_step = real
+    assert len(calls) == 3
+    assert_same_state(ours, ours_params, theirs, torch_params, STATE_KEYS["Adam"], *FP32)
