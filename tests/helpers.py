@@ -97,14 +97,21 @@ def make_optimizer(library, name, params, opts, **extra):
 
 
 def assert_same_state(opt_a, params_a, opt_b, params_b, keys, rtol, atol):
-    """Every param and every state key of opt_a matches opt_b. For bfloat16 and
-    float16, atol is relative to the largest magnitude in each tensor: a one-ulp
-    difference in a large value survives as the same absolute difference when
-    later updates cancel it down to a small one."""
+    """Every param and every state key of opt_a matches opt_b. atol is relative
+    to the largest magnitude in each tensor (when that exceeds 1): an element
+    is a sum of terms as large as the tensor's largest, and where they cancel
+    (a momentum buffer whose new gradient undoes it) a one-ulp difference in
+    the terms, from another order of rounding, survives whole in a small
+    result. Measured on the CPU against torch.optim's for-loop RMSprop
+    (momentum 0.9, alpha 0.99, 10 steps): momentum buffers up to ~100 in
+    magnitude differ by up to 7.7e-5 in elements near 0, both with and
+    without FMA contraction (the same mismatch failed the capturable test on
+    an H200 with a fixed atol of 2e-6)."""
 
     def close(a, b, what):
-        low_precision = b.dtype in (torch.bfloat16, torch.float16)
-        tol = atol * max(1.0, b.detach().abs().max().item()) if low_precision and b.numel() else atol
+        a, b = (t.detach().to_dense() if t.is_sparse else t.detach() for t in (a, b))
+        finite = b[torch.isfinite(b)].abs() if b.numel() else b
+        tol = atol * max(1.0, finite.max().item()) if finite.numel() else atol
         torch.testing.assert_close(a.detach(), b.detach(), rtol=rtol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
     for i, (pa, pb) in enumerate(zip(params_a, params_b)):
