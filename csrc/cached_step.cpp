@@ -20,13 +20,21 @@ class CachedLists {
  public:
   // watched: the Python objects of the state tensors and step counts, whose
   // references tell when one has left the optimizer's state (replaced()).
+  // dtensors: for DTensor params, the DTensors (params then holds their
+  // local shards, which the op updates); each step reads their grads' local
+  // shards through Python (local_grads()).
   CachedLists(std::vector<at::Tensor> params, std::vector<std::vector<at::Tensor>> states,
-              std::vector<at::Tensor> steps, const pybind11::list& watched)
+              std::vector<at::Tensor> steps, const pybind11::list& watched, const pybind11::list& dtensors)
       : params_(std::move(params)), states_(std::move(states)), steps_(std::move(steps)) {
     states_.resize(3);
     zeros_.assign(params_.size(), 0);
     for (const pybind11::handle& obj : watched) watched_.push_back(pybind11::reinterpret_borrow<pybind11::object>(obj));
     references_.assign(watched_.size(), 0);
+    for (const pybind11::handle& obj : dtensors) {
+      dtensors_.push_back(pybind11::reinterpret_borrow<pybind11::object>(obj));
+      specs_.push_back(obj.attr("_spec"));
+      locals_.push_back(obj.attr("_local_tensor"));
+    }
   }
 
   // Whether every param has a gradient and no state tensor has left the
@@ -40,10 +48,45 @@ class CachedLists {
     for (const pybind11::object& obj : watched_) __builtin_prefetch(obj.ptr());
     for (const at::Tensor& p : params_) __builtin_prefetch(p.unsafeGetTensorImpl()->autograd_meta());
     if (replaced()) return false;
+    if (!dtensors_.empty()) return local_grads();
     for (const at::Tensor& p : params_) {
       const at::Tensor& g = grad_of(p);
       if (!g.defined()) return false;
       __builtin_prefetch(g.unsafeGetTensorImpl());
+    }
+    return true;
+  }
+
+  // DTensor params: whether each has a grad laid out as the param (the same
+  // DTensorSpec object, as FSDP2 makes them, or an equal one) and still the
+  // local shard these lists update; if so the grads' local shards are kept
+  // for run(). A few attribute reads per param; anything else sends the step
+  // down the slow path, which checks everything and names what is wrong.
+  bool local_grads() {
+    static PyObject* const kGrad = PyUnicode_InternFromString("grad");
+    static PyObject* const kSpec = PyUnicode_InternFromString("_spec");
+    static PyObject* const kLocal = PyUnicode_InternFromString("_local_tensor");
+    const auto attr = [](PyObject* obj, PyObject* name) {
+      return pybind11::reinterpret_steal<pybind11::object>(PyObject_GetAttr(obj, name));
+    };
+    local_grads_.clear();
+    for (size_t i = 0; i < dtensors_.size(); ++i) {
+      const pybind11::object local = attr(dtensors_[i].ptr(), kLocal);
+      const pybind11::object grad = attr(dtensors_[i].ptr(), kGrad);
+      if (!local || !grad) throw pybind11::error_already_set();
+      if (local.ptr() != locals_[i].ptr() || grad.is_none()) return false;
+      const pybind11::object spec = attr(grad.ptr(), kSpec);
+      const pybind11::object grad_local = attr(grad.ptr(), kLocal);
+      if (!spec || !grad_local) {
+        PyErr_Clear();  // not a DTensor: the slow path says so
+        return false;
+      }
+      if (spec.ptr() != specs_[i].ptr()) {
+        const int equal = PyObject_RichCompareBool(spec.ptr(), specs_[i].ptr(), Py_EQ);
+        if (equal < 0) throw pybind11::error_already_set();
+        if (equal == 0) return false;
+      }
+      local_grads_.push_back(grad_local.cast<at::Tensor>());
     }
     return true;
   }
@@ -81,10 +124,15 @@ class CachedLists {
   void run(Fn&& fn) {
     grads_.clear();
     grads_.reserve(params_.size());
-    for (const at::Tensor& p : params_) {
-      const at::Tensor& g = grad_of(p);
-      FUSEDOPT_CHECK(g.defined(), "fusedopt: a param lost its gradient during the step");
-      grads_.push_back(g);
+    if (!dtensors_.empty()) {
+      FUSEDOPT_CHECK(local_grads_.size() == params_.size(), "fusedopt: a DTensor step ran without ready()");
+      grads_.swap(local_grads_);
+    } else {
+      for (const at::Tensor& p : params_) {
+        const at::Tensor& g = grad_of(p);
+        FUSEDOPT_CHECK(g.defined(), "fusedopt: a param lost its gradient during the step");
+        grads_.push_back(g);
+      }
     }
     {
       pybind11::gil_scoped_release no_gil;
@@ -102,6 +150,8 @@ class CachedLists {
   std::vector<int64_t> zeros_;  // SGD's first_step flags once every buffer exists
   std::vector<pybind11::object> watched_;
   std::vector<Py_ssize_t> references_;
+  std::vector<pybind11::object> dtensors_, specs_, locals_;  // DTensor params, their specs and local shards
+  std::vector<at::Tensor> local_grads_;                      // read by ready(), used by run()
 };
 
 template <class Signature>
@@ -175,8 +225,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<CachedLists>(m, "CachedLists",
                           "A param group's params, states and steps, kept in C++ between steps.")
       .def(py::init<std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>,
-                    const py::list&>(),
-           py::arg("params"), py::arg("states"), py::arg("steps"), py::arg("watched"))
+                    const py::list&, const py::list&>(),
+           py::arg("params"), py::arg("states"), py::arg("steps"), py::arg("watched"), py::arg("dtensors"))
       .def("ready", &CachedLists::ready)
       .def("replaced", &CachedLists::replaced)
       .def("settle", &CachedLists::settle)

@@ -21,7 +21,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _native
+from . import _dtensor, _native
 from ._distinct import check_distinct
 
 
@@ -213,18 +213,31 @@ class FusedOptimizer(Optimizer):
             elif p.grad.is_sparse:
                 sparse.append(p)
             else:
-                buckets.setdefault((p.device, p.dtype), []).append(p)
+                buckets.setdefault((p.device, p.dtype, _dtensor.is_dtensor(p)), []).append(p)
         if sparse and not self._takes_sparse:
             raise RuntimeError(self._sparse_error())
+        name = type(self).__name__
+        if any(key[2] for key in buckets):
+            _dtensor.check_group(name, self.param_groups.index(group), [p for ps in buckets.values() for p in ps])
+            for (_, _, distributed), params in buckets.items():
+                if distributed:
+                    _dtensor.check_grads(name, params, group["params"])
         plannable = (every_param_has_grad and not sparse and _native.native_loaded()
                      and not torch.compiler.is_compiling())
-        planned = []
-        for (device, dtype), params in buckets.items():
+        # Every bucket is gathered and checked before any is stepped.
+        gathered = []
+        for (device, dtype, distributed), params in buckets.items():
             lists = self._gather(group, params)
+            if distributed:
+                _dtensor.to_local(name, lists, self._element_lists, params, group["params"])
+                lists["dtensor_params"] = params
             if dtype.is_complex:
                 plannable = False
                 for key in self._element_lists:
                     lists[key] = [torch.view_as_real(t) for t in lists[key]]
+            gathered.append((device, params, lists))
+        planned = []
+        for device, params, lists in gathered:
             if self._runs_native(device):
                 try:
                     self._run_native(group, lists)
@@ -245,7 +258,7 @@ class FusedOptimizer(Optimizer):
             plan = _make_plan(self, group, planned)
             # The plan counts references to the state tensors from here on
             # (CachedLists.replaced): this step's own references go first.
-            del lists, planned
+            del lists, planned, gathered
             plan.settle()
             self._plans[id(group)] = plan
 
@@ -330,11 +343,12 @@ class _Plan:
         self.state_count = len(optimizer.state)
         self.structure = optimizer._structure(group)
         self.backend = optimizer.backend
-        self.bucket_params = [lists["params"] for lists in bucket_lists]
+        self.bucket_params = [lists.get("dtensor_params", lists["params"]) for lists in bucket_lists]
         self.lists = [
             _native.C.CachedLists(lists["params"], [lists[k] for k in optimizer._state_lists],
                                   lists.get("state_steps", []),
-                                  [t for k in optimizer._state_lists + ("state_steps",) for t in lists.get(k, ())])
+                                  [t for k in optimizer._state_lists + ("state_steps",) for t in lists.get(k, ())],
+                                  lists.get("dtensor_params", []))
             for lists in bucket_lists
         ]
 
