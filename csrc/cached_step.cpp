@@ -2,6 +2,7 @@
 // once and kept here, so a step crosses from Python with its scalars only and
 // gathers the gradients from the params in C++: no Python work per tensor.
 // The step itself is the same dispatcher op that the list API calls.
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <optional>
@@ -33,6 +34,7 @@ class CachedLists {
     for (const pybind11::handle& obj : dtensors) {
       dtensors_.push_back(pybind11::reinterpret_borrow<pybind11::object>(obj));
       specs_.push_back(obj.attr("_spec"));
+      grad_specs_.push_back(specs_.back());
       locals_.push_back(obj.attr("_local_tensor"));
     }
   }
@@ -63,7 +65,6 @@ class CachedLists {
   // for run(). A few attribute reads per param; anything else sends the step
   // down the slow path, which checks everything and names what is wrong.
   bool local_grads() {
-    static PyObject* const kGrad = PyUnicode_InternFromString("grad");
     static PyObject* const kSpec = PyUnicode_InternFromString("_spec");
     static PyObject* const kLocal = PyUnicode_InternFromString("_local_tensor");
     const auto attr = [](PyObject* obj, PyObject* name) {
@@ -72,19 +73,23 @@ class CachedLists {
     local_grads_.clear();
     for (size_t i = 0; i < dtensors_.size(); ++i) {
       const pybind11::object local = attr(dtensors_[i].ptr(), kLocal);
-      const pybind11::object grad = attr(dtensors_[i].ptr(), kGrad);
-      if (!local || !grad) throw pybind11::error_already_set();
-      if (local.ptr() != locals_[i].ptr() || grad.is_none()) return false;
+      if (!local) throw pybind11::error_already_set();
+      // The grad's Python object, without `param.grad`'s trip through
+      // __torch_function__ handling (150 ns a param).
+      const at::Tensor& wrapper_grad = grad_of(THPVariable_Unpack(dtensors_[i].ptr()));
+      if (local.ptr() != locals_[i].ptr() || !wrapper_grad.defined()) return false;
+      const pybind11::object grad = pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(wrapper_grad));
       const pybind11::object spec = attr(grad.ptr(), kSpec);
       const pybind11::object grad_local = attr(grad.ptr(), kLocal);
       if (!spec || !grad_local) {
         PyErr_Clear();  // not a DTensor: the slow path says so
         return false;
       }
-      if (spec.ptr() != specs_[i].ptr()) {
+      if (spec.ptr() != specs_[i].ptr() && spec.ptr() != grad_specs_[i].ptr()) {
         const int equal = PyObject_RichCompareBool(spec.ptr(), specs_[i].ptr(), Py_EQ);
         if (equal < 0) throw pybind11::error_already_set();
         if (equal == 0) return false;
+        grad_specs_[i] = spec;  // a grad kept across steps is compared once
       }
       local_grads_.push_back(grad_local.cast<at::Tensor>());
     }
@@ -150,7 +155,8 @@ class CachedLists {
   std::vector<int64_t> zeros_;  // SGD's first_step flags once every buffer exists
   std::vector<pybind11::object> watched_;
   std::vector<Py_ssize_t> references_;
-  std::vector<pybind11::object> dtensors_, specs_, locals_;  // DTensor params, their specs and local shards
+  // DTensor params, their specs and local shards, and the last grad spec found equal to the param's.
+  std::vector<pybind11::object> dtensors_, specs_, locals_, grad_specs_;
   std::vector<at::Tensor> local_grads_;                      // read by ready(), used by run()
 };
 
