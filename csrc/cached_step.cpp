@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "message.h"
@@ -24,9 +25,29 @@ class CachedLists {
   // dtensors: for DTensor params, the DTensors (params then holds their
   // local shards, which the op updates); each step reads their grads' local
   // shards through Python (local_grads()).
+  // The rest is the call's low-precision storage (the ops' STEP_INPUTS),
+  // fixed while these lists live: companions, param_precision, state_dtype
+  // ("" for the params'), stochastic_states, seed, rng_ids, index_map.
   CachedLists(std::vector<at::Tensor> params, std::vector<std::vector<at::Tensor>> states,
-              std::vector<at::Tensor> steps, const pybind11::list& watched, const pybind11::list& dtensors)
-      : params_(std::move(params)), states_(std::move(states)), steps_(std::move(steps)) {
+              std::vector<at::Tensor> steps, const pybind11::list& watched, const pybind11::list& dtensors,
+              std::vector<at::Tensor> companions, std::string param_precision, const std::string& state_dtype,
+              bool stochastic_states, int64_t seed, std::vector<int64_t> rng_ids, std::vector<int64_t> index_map)
+      : params_(std::move(params)),
+        states_(std::move(states)),
+        steps_(std::move(steps)),
+        companions_(std::move(companions)),
+        param_precision_(std::move(param_precision)),
+        stochastic_states_(stochastic_states),
+        seed_(seed),
+        rng_ids_(std::move(rng_ids)),
+        index_map_(std::move(index_map)) {
+    if (state_dtype == "bfloat16") {
+      state_dtype_ = at::kBFloat16;
+    } else if (state_dtype == "float32") {
+      state_dtype_ = at::kFloat;
+    } else {
+      FUSEDOPT_CHECK(state_dtype.empty(), "fusedopt: unknown state dtype '", state_dtype, "'");
+    }
     states_.resize(3);
     zeros_.assign(params_.size(), 0);
     for (const pybind11::handle& obj : watched) watched_.push_back(pybind11::reinterpret_borrow<pybind11::object>(obj));
@@ -123,6 +144,14 @@ class CachedLists {
 
   size_t size() const { return params_.size(); }
 
+  // The ops' trailing low-precision arguments, in schema order.
+  const std::vector<at::Tensor>& companions() const { return companions_; }
+  template <class Fn>
+  void with_precision(Fn&& fn) const {
+    fn(c10::string_view(param_precision_), state_dtype_, stochastic_states_, seed_, at::IntArrayRef(rng_ids_),
+       at::IntArrayRef(index_map_));
+  }
+
   // Runs fn(params, grads, states0, states1, states2, steps, zeros) with the
   // current gradients, holding them only for the call.
   template <class Fn>
@@ -158,6 +187,12 @@ class CachedLists {
   // DTensor params, their specs and local shards, and the last grad spec found equal to the param's.
   std::vector<pybind11::object> dtensors_, specs_, locals_, grad_specs_;
   std::vector<at::Tensor> local_grads_;                      // read by ready(), used by run()
+  std::vector<at::Tensor> companions_;
+  std::string param_precision_;
+  std::optional<at::ScalarType> state_dtype_;
+  bool stochastic_states_;
+  int64_t seed_;
+  std::vector<int64_t> rng_ids_, index_map_;
 };
 
 template <class Signature>
@@ -167,45 +202,57 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
 
 using L = at::TensorList;
 using T = const std::optional<at::Tensor>&;
+// The signature of a torch-style op: its own arguments, then the low-precision ones.
+template <class... Head>
+using Op = void(Head..., c10::string_view, std::optional<at::ScalarType>, bool, int64_t, at::IntArrayRef,
+                at::IntArrayRef);
 
 void adam_step(CachedLists& c, double lr, double beta1, double beta2, double weight_decay, double eps,
                bool amsgrad, bool maximize, bool decoupled_weight_decay, T lr_tensor, T grad_scale, T found_inf) {
   static const auto adam =
-      op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool, bool, T, T, T)>(
-          "fusedopt::adam_");
+      op<Op<L, L, L, L, L, L, L, double, double, double, double, double, bool, bool, bool, T, T, T>>("fusedopt::adam_");
   c.run([&](auto& p, auto& g, auto& m, auto& v, auto& vmax, auto& steps, auto&) {
-    adam.call(p, g, m, v, vmax, steps, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
-              decoupled_weight_decay, lr_tensor, grad_scale, found_inf);
+    c.with_precision([&](auto... precision) {
+      adam.call(p, g, m, v, vmax, steps, c.companions(), lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
+                decoupled_weight_decay, lr_tensor, grad_scale, found_inf, precision...);
+    });
   });
 }
 
 void sgd_step(CachedLists& c, double lr, double weight_decay, double momentum, double dampening, bool nesterov,
               bool maximize, T lr_tensor, T grad_scale, T found_inf) {
   static const auto sgd =
-      op<void(L, L, L, double, double, double, double, bool, bool, at::IntArrayRef, T, T, T)>("fusedopt::sgd_");
-  c.run([&](auto& p, auto& g, auto& buf, auto&, auto&, auto&, auto& zeros) {
-    sgd.call(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, maximize,
-             momentum != 0.0 ? at::IntArrayRef(zeros) : at::IntArrayRef(), lr_tensor, grad_scale, found_inf);
+      op<Op<L, L, L, L, L, double, double, double, double, bool, bool, at::IntArrayRef, T, T, T>>("fusedopt::sgd_");
+  c.run([&](auto& p, auto& g, auto& buf, auto&, auto&, auto& steps, auto& zeros) {
+    c.with_precision([&](auto... precision) {
+      sgd.call(p, g, buf, steps, c.companions(), lr, weight_decay, momentum, dampening, nesterov, maximize,
+               momentum != 0.0 ? at::IntArrayRef(zeros) : at::IntArrayRef(), lr_tensor, grad_scale, found_inf,
+               precision...);
+    });
   });
 }
 
 void adagrad_step(CachedLists& c, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
                   T lr_tensor, T grad_scale, T found_inf) {
   static const auto adagrad =
-      op<void(L, L, L, L, double, double, double, double, bool, T, T, T)>("fusedopt::adagrad_");
+      op<Op<L, L, L, L, L, double, double, double, double, bool, T, T, T>>("fusedopt::adagrad_");
   c.run([&](auto& p, auto& g, auto& sums, auto&, auto&, auto& steps, auto&) {
-    adagrad.call(p, g, sums, steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale, found_inf);
+    c.with_precision([&](auto... precision) {
+      adagrad.call(p, g, sums, steps, c.companions(), lr, lr_decay, weight_decay, eps, maximize, lr_tensor, grad_scale, found_inf,
+                   precision...);
+    });
   });
 }
 
 void rmsprop_step(CachedLists& c, double lr, double alpha, double eps, double weight_decay, double momentum,
                   bool centered, bool maximize, T lr_tensor, T grad_scale, T found_inf) {
   static const auto rmsprop =
-      op<void(L, L, L, L, L, L, double, double, double, double, double, bool, bool, T, T, T)>(
-          "fusedopt::rmsprop_");
+      op<Op<L, L, L, L, L, L, L, double, double, double, double, double, bool, bool, T, T, T>>("fusedopt::rmsprop_");
   c.run([&](auto& p, auto& g, auto& sq, auto& buf, auto& grad_avg, auto& steps, auto&) {
-    rmsprop.call(p, g, sq, buf, grad_avg, steps, lr, alpha, eps, weight_decay, momentum, centered, maximize,
-                 lr_tensor, grad_scale, found_inf);
+    c.with_precision([&](auto... precision) {
+      rmsprop.call(p, g, sq, buf, grad_avg, steps, c.companions(), lr, alpha, eps, weight_decay, momentum, centered, maximize,
+                   lr_tensor, grad_scale, found_inf, precision...);
+    });
   });
 }
 
@@ -231,8 +278,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<CachedLists>(m, "CachedLists",
                           "A param group's params, states and steps, kept in C++ between steps.")
       .def(py::init<std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>,
-                    const py::list&, const py::list&>(),
-           py::arg("params"), py::arg("states"), py::arg("steps"), py::arg("watched"), py::arg("dtensors"))
+                    const py::list&, const py::list&, std::vector<at::Tensor>, std::string, const std::string&, bool,
+                    int64_t, std::vector<int64_t>, std::vector<int64_t>>(),
+           py::arg("params"), py::arg("states"), py::arg("steps"), py::arg("watched"), py::arg("dtensors"),
+           py::arg("companions"), py::arg("param_precision"), py::arg("state_dtype"), py::arg("stochastic_states"),
+           py::arg("seed"), py::arg("rng_ids"), py::arg("index_map"))
       .def("ready", &CachedLists::ready)
       .def("replaced", &CachedLists::replaced)
       .def("settle", &CachedLists::settle)

@@ -29,23 +29,39 @@ std::string set_cpu_isa(std::string name) {
 // found_inf are what torch.amp.GradScaler hands an optimizer: grads are
 // divided by grad_scale in the kernel and written back unscaled (hence the
 // grads' `!`), and nothing changes, step counts included, if found_inf != 0.
-#define STEP_INPUTS "Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+// sgd_'s state_steps are only kept for stochastic rounding's keys (empty otherwise).
+//
+// Low precision (fusedopt's param_precision / state_dtype / stochastic_states;
+// the defaults are torch's): param_precision is "nearest", "stochastic"
+// (16-bit params rounded stochastically), "compensated" (companions, the
+// list before the `*`: a bfloat16 residual per param) or "master"
+// (companions: float32 masters, the params written from them; empty otherwise). state_dtype: the states' dtype when not the
+// params' (bfloat16; float32 beside masters). Stochastic rounding draws its
+// bits from (seed, rng_ids[i], the tensor's step, the element's index in the
+// whole tensor: index_map holds (base, row_local, row_global) per tensor for
+// DTensor shards, see cpu::IndexMap).
+#define STEP_INPUTS                                                                                        \
+  "Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None, "                              \
+  "str param_precision=\"nearest\", ScalarType? state_dtype=None, bool stochastic_states=False, int seed=0, " \
+  "int[] rng_ids=[], int[] index_map=[]) -> ()"
 
 TORCH_LIBRARY(fusedopt, m) {
   m.def(
       "adam_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, float lr, float beta1, float beta2, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, Tensor(g!)[] companions, *, float lr, float beta1, float beta2, "
       "float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, " STEP_INPUTS);
   m.def(
-      "sgd_(Tensor(a!)[] params, Tensor(c!)[] grads, Tensor(b!)[] momentum_buffers, *, float lr, "
+      "sgd_(Tensor(a!)[] params, Tensor(c!)[] grads, Tensor(b!)[] momentum_buffers, Tensor(d!)[] state_steps, "
+      "Tensor(e!)[] companions, *, float lr, "
       "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, "
       "int[] first_step, " STEP_INPUTS);
   m.def(
       "adagrad_(Tensor(a!)[] params, Tensor(d!)[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
-      "*, float lr, float lr_decay, float weight_decay, float eps, bool maximize, " STEP_INPUTS);
+      "Tensor(e!)[] companions, *, float lr, float lr_decay, float weight_decay, float eps, bool maximize, " STEP_INPUTS);
   m.def(
       "rmsprop_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] square_avgs, "
-      "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, *, float lr, "
+      "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, Tensor(g!)[] companions, "
+      "*, float lr, "
       "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize, " STEP_INPUTS);
   // fusedopt.classic, the seed document's update(w, alpha, dw, dr, lambdaa):
   // g = dw + lambdaa * dr (drs may be empty: g = dw). Empty velocities mean

@@ -9,6 +9,7 @@
 
 #include "device_kernels.h"
 #include "message.h"
+#include "precision.h"
 #include "tensor_lists.h"
 
 namespace fusedopt {
@@ -118,6 +119,7 @@ class StepInputs {
   double lr() const { return lr_; }
   // The incremented host step counts (empty with device steps).
   const std::vector<double>& host_steps() const { return host_steps_; }
+  bool device_steps() const { return device_steps_; }
 
  private:
   double lr_;
@@ -142,17 +144,22 @@ std::vector<math::AdamStep<double>> adam_scalars(const math::AdamHyper& hyper, c
 }
 
 void adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-          at::TensorList max_exp_avg_sqs, at::TensorList state_steps, double lr, double beta1, double beta2,
+          at::TensorList max_exp_avg_sqs, at::TensorList state_steps, at::TensorList companions, double lr, double beta1, double beta2,
           double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
-          const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
+          const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf,
+          c10::string_view param_precision, std::optional<at::ScalarType> state_dtype, bool stochastic_states,
+          int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
   const OnDevice on("adam_", params);
   const DeviceKernels& k = on.kernels;
-  PreparedLists prepared("adam_", on.type, params, grads,
-                         {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                         {}, grad_scale.has_value());
+  Precision precision("adam_", param_precision, state_dtype, stochastic_states, seed, rng_ids, index_map, companions);
+  PreparedLists prepared = precision.prepare(
+      "adam_", on.type, params, grads,
+      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
+      grad_scale.has_value());
   check_bias_correction("adam_", "beta1", beta1);
   const StepInputs in("adam_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
+  precision.apply("adam_", prepared, in.host_steps(), in.device_steps());
   cpu::AdamArgs args;
   args.hyper = {in.lr(), beta1, beta2, eps, weight_decay};
   args.decay = math::adam_decay(weight_decay, decoupled_weight_decay);
@@ -164,20 +171,26 @@ void adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
   prepared.finish();
 }
 
-void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
+void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList state_steps,
+         at::TensorList companions, double lr,
          double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
-         at::IntArrayRef first_step, const OptTensor& lr_tensor, const OptTensor& grad_scale,
-         const OptTensor& found_inf) {
+         at::IntArrayRef first_step, const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf,
+          c10::string_view param_precision, std::optional<at::ScalarType> state_dtype, bool stochastic_states,
+          int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
   const OnDevice on("sgd_", params);
   const DeviceKernels& k = on.kernels;
   const bool has_momentum = momentum != 0.0;
-  PreparedLists prepared("sgd_", on.type, params, grads,
-                         {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, grad_scale.has_value());
+  Precision precision("sgd_", param_precision, state_dtype, stochastic_states, seed, rng_ids, index_map, companions);
+  PreparedLists prepared = precision.prepare("sgd_", on.type, params, grads,
+                                             {{"momentum_buffers", momentum_buffers, has_momentum}},
+                                             grad_scale.has_value());
   FUSEDOPT_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
               first_step.size(), " entries for ", params.size(), " params");
   FUSEDOPT_CHECK(!nesterov || has_momentum, "fusedopt.sgd_: nesterov requires a nonzero momentum");
-  const StepInputs in("sgd_", k, prepared, params, {}, false, lr, lr_tensor, grad_scale, found_inf);
+  const StepInputs in("sgd_", k, prepared, params, state_steps, !state_steps.empty(), lr, lr_tensor, grad_scale,
+                      found_inf);
   if (in.skip()) return;
+  precision.apply("sgd_", prepared, in.host_steps(), in.device_steps());
   const std::vector<uint8_t> first(first_step.begin(), first_step.end());
   cpu::SgdArgs args;
   args.hyper = {in.lr(), momentum, dampening, weight_decay};
@@ -190,14 +203,19 @@ void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_bu
 }
 
 void adagrad(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,
-             double lr, double lr_decay, double weight_decay, double eps, bool maximize,
-             const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
+             at::TensorList companions, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+             const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf,
+          c10::string_view param_precision, std::optional<at::ScalarType> state_dtype, bool stochastic_states,
+          int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
   const OnDevice on("adagrad_", params);
   const DeviceKernels& k = on.kernels;
-  PreparedLists prepared("adagrad_", on.type, params, grads, {{"state_sums", state_sums}}, {},
-                         grad_scale.has_value());
+  Precision precision("adagrad_", param_precision, state_dtype, stochastic_states, seed, rng_ids, index_map,
+                      companions);
+  PreparedLists prepared =
+      precision.prepare("adagrad_", on.type, params, grads, {{"state_sums", state_sums}}, grad_scale.has_value());
   const StepInputs in("adagrad_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
+  precision.apply("adagrad_", prepared, in.host_steps(), in.device_steps());
   cpu::AdagradArgs args;
   args.hyper = {in.lr(), lr_decay, eps, weight_decay};
   args.weight_decay = weight_decay != 0.0;
@@ -212,20 +230,26 @@ void adagrad(at::TensorList params, at::TensorList grads, at::TensorList state_s
 }
 
 void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-             at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps, double lr,
+             at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps,
+             at::TensorList companions, double lr,
              double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf) {
+             const OptTensor& lr_tensor, const OptTensor& grad_scale, const OptTensor& found_inf,
+          c10::string_view param_precision, std::optional<at::ScalarType> state_dtype, bool stochastic_states,
+          int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
   const OnDevice on("rmsprop_", params);
   const DeviceKernels& k = on.kernels;
   const bool has_momentum = momentum > 0.0;
+  Precision precision("rmsprop_", param_precision, state_dtype, stochastic_states, seed, rng_ids, index_map,
+                      companions);
   // Slot order of math::RmspropUpdate: square_avg, momentum_buffer, grad_avg.
-  PreparedLists prepared("rmsprop_", on.type, params, grads,
-                         {{"square_avgs", square_avgs},
-                          {"momentum_buffers", momentum_buffers, has_momentum},
-                          {"grad_avgs", grad_avgs, centered}},
-                         {}, grad_scale.has_value());
+  PreparedLists prepared = precision.prepare("rmsprop_", on.type, params, grads,
+                                             {{"square_avgs", square_avgs},
+                                              {"momentum_buffers", momentum_buffers, has_momentum},
+                                              {"grad_avgs", grad_avgs, centered}},
+                                             grad_scale.has_value());
   const StepInputs in("rmsprop_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
+  precision.apply("rmsprop_", prepared, in.host_steps(), in.device_steps());
   cpu::RmspropArgs args;
   args.hyper = {in.lr(), alpha, eps, weight_decay, momentum};
   args.weight_decay = weight_decay != 0.0;

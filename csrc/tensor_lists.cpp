@@ -11,31 +11,38 @@
 namespace fusedopt {
 namespace {
 
-cpu::Dtype kernel_dtype(const char* op, const at::Tensor& t) {
-  switch (t.scalar_type()) {
+cpu::Dtype kernel_dtype(const char* op, at::ScalarType type) {
+  switch (type) {
     case at::kFloat: return cpu::Dtype::kFloat32;
     case at::kDouble: return cpu::Dtype::kFloat64;
     case at::kBFloat16: return cpu::Dtype::kBFloat16;
     case at::kHalf: return cpu::Dtype::kFloat16;
     default:
-      FUSEDOPT_CHECK(!t.is_complex(), "fusedopt.", op,
-                  ": complex tensors are passed as torch.view_as_real views");
+      FUSEDOPT_CHECK(!at::isComplexType(type), "fusedopt.", op,
+                     ": complex tensors are passed as torch.view_as_real views");
       FUSEDOPT_CHECK(false, "fusedopt.", op, ": params must be float32, float64, bfloat16 or float16, got ",
-                  t.scalar_type());
+                     type);
   }
 }
 
-void check_like_param(const char* op, const char* name, size_t i, const at::Tensor& t,
-                      const at::Tensor& param) {
+// t belongs to `param` in list `name`: defined, strided, on its device, of its
+// shape, and of `dtype` (the param's when not given).
+void check_like_param(const char* op, const char* name, size_t i, const at::Tensor& t, const at::Tensor& param,
+                      std::optional<at::ScalarType> dtype) {
   FUSEDOPT_CHECK(t.defined(), "fusedopt.", op, ": ", name, "[", i, "] is undefined");
   FUSEDOPT_CHECK(t.layout() == at::kStrided, "fusedopt.", op, ": ", name, "[", i,
-              "] is sparse; sparse gradients and states are not supported");
-  FUSEDOPT_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, "[", i, "] is on ",
-              t.device(), " but its param is on ", param.device());
-  FUSEDOPT_CHECK(t.scalar_type() == param.scalar_type(), "fusedopt.", op, ": ", name, "[", i, "] is ",
-              t.scalar_type(), " but its param is ", param.scalar_type());
-  FUSEDOPT_CHECK(t.sizes() == param.sizes(), "fusedopt.", op, ": ", name, "[", i, "] has shape ",
-              t.sizes(), " but its param has shape ", param.sizes());
+                 "] is sparse; sparse gradients and states are not supported");
+  FUSEDOPT_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, "[", i, "] is on ", t.device(),
+                 " but its param is on ", param.device());
+  if (dtype.has_value()) {
+    FUSEDOPT_CHECK(t.scalar_type() == *dtype, "fusedopt.", op, ": ", name, "[", i, "] is ", t.scalar_type(),
+                   " but this call keeps ", name, " in ", *dtype);
+  } else {
+    FUSEDOPT_CHECK(t.scalar_type() == param.scalar_type(), "fusedopt.", op, ": ", name, "[", i, "] is ",
+                   t.scalar_type(), " but its param is ", param.scalar_type());
+  }
+  FUSEDOPT_CHECK(t.sizes() == param.sizes(), "fusedopt.", op, ": ", name, "[", i, "] has shape ", t.sizes(),
+                 " but its param has shape ", param.sizes());
 }
 
 void check_writable(const char* op, const char* name, size_t i, const at::Tensor& t) {
@@ -46,11 +53,19 @@ void check_writable(const char* op, const char* name, size_t i, const at::Tensor
 // Two operands of one param that overlap in memory (a state that aliases its
 // param, a grad that is its param) would make the in-place update read what
 // it has just written: the result would depend on the kernel's order.
-void check_disjoint(const char* op, const NamedList& a, const NamedList& b, size_t i) {
-  const at::MemOverlapStatus status = at::get_overlap_status(a.tensors[i], b.tensors[i]);
+void check_disjoint(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
+                    const at::Tensor& b, size_t i) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
   FUSEDOPT_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, "fusedopt.",
-                 op, ": ", a.name, "[", i, "] and ", b.name, "[", i,
+                 op, ": ", a_name, "[", i, "] and ", b_name, "[", i,
                  "] share memory; a param, its grad and its states must be distinct tensors");
+}
+
+// Read-only lists are read through const_data_ptr, which leaves a lazily
+// cloned (copy-on-write) tensor unmaterialized.
+template <class Operand>
+void* pointer(const Operand& o, const at::Tensor& t) {
+  return o.mutated ? t.data_ptr() : const_cast<void*>(t.const_data_ptr());
 }
 
 c10::StorageImpl* storage_of(const c10::TensorImpl* t) {
@@ -110,68 +125,72 @@ void for_each_prefetched(const Lists& lists, size_t n, Fn&& fn) {
 
 PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorList params,
                              at::TensorList grads, std::initializer_list<NamedList> states,
-                             at::TensorList reg_grads, bool grads_mutable)
-    : grads_mutable_(grads_mutable) {
+                             at::TensorList reg_grads, bool grads_mutable, const ListDtypes& dtypes) {
   const size_t n = params.size();
   FUSEDOPT_CHECK(grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", grads.size(), " grads");
-  std::vector<NamedList> inputs{{"grads", grads}};
+  operands_.push_back({"params", params, std::nullopt, true});
+  operands_.push_back({"grads", grads, dtypes.grads, grads_mutable});
   if (!reg_grads.empty()) {
     FUSEDOPT_CHECK(reg_grads.size() == n, "fusedopt.", op, ": got ", n, " params but ", reg_grads.size(),
-                " regularization gradients");
-    inputs.push_back({"reg_grads", reg_grads});
+                   " regularization gradients");
+    operands_.push_back({"reg_grads", reg_grads, dtypes.grads, false});
+    has_reg_ = true;
   }
-  std::vector<NamedList> used;
-  for (const NamedList& s : states) {
+  const size_t first_state = operands_.size();
+  std::vector<NamedList> lists(states);
+  if (dtypes.companion.used) lists.push_back(dtypes.companion);
+  for (const NamedList& s : lists) {
     if (!s.used) continue;
-    FUSEDOPT_CHECK(s.tensors.size() == n, "fusedopt.", op, ": got ", n, " params but ", s.tensors.size(),
-                   " ", s.name, s.tensors.empty() ? " (the options given need this state)" : "");
-    used.push_back(s);
+    FUSEDOPT_CHECK(s.tensors.size() == n, "fusedopt.", op, ": got ", n, " params but ", s.tensors.size(), " ",
+                   s.name, s.tensors.empty() ? " (the options given need this state)" : "");
+    const bool companion = &s == &lists.back() && dtypes.companion.used;
+    operands_.push_back({s.name, s.tensors, companion ? dtypes.companion_dtype : dtypes.states, true});
   }
-  FUSEDOPT_CHECK(used.size() + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
+  const size_t state_end = operands_.size() - (dtypes.companion.used ? 1 : 0);
+  FUSEDOPT_CHECK(state_end - first_state + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
 
   lists_.count = static_cast<int64_t>(n);
   device_ = device;
   if (n > 0 && params[0].defined()) first_dtype_ = params[0].dtype();
   offset_.assign(n + 1, 0);
-  for (size_t k = 0; k < inputs.size(); ++k) inputs_[k].resize(n);
-  for (size_t k = 0; k <= used.size(); ++k) states_[k].resize(n);
+  for (size_t k = 0; k < operands_.size(); ++k) pointers_[k].resize(n);
 
-  std::vector<at::TensorList> all{params};
-  for (const NamedList& s : inputs) all.push_back(s.tensors);
-  for (const NamedList& s : used) all.push_back(s.tensors);
+  std::vector<at::TensorList> all;
+  for (const Operand& o : operands_) all.push_back(o.tensors);
   // The common case, tensor by tensor and independently; the numel of
   // tensor i goes to offset_[i + 1] until the prefix sum below. The rest is
   // left to the serial pass, which raises errors in index order.
   std::vector<uint8_t> slow(n, 0);
   for_each_prefetched(all, n, [&](size_t i) {
-    const at::Tensor& param = params[i];
-    if (!dense_like_param(param, inputs, used, i)) {
+    if (!dense(i)) {
       slow[i] = 1;
       return;
     }
-    states_[0][i] = param.data_ptr();
-    for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = inputs[k].tensors[i].const_data_ptr();
-    for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = used[k].tensors[i].data_ptr();
-    offset_[i + 1] = param.numel();
+    for (size_t k = 0; k < operands_.size(); ++k) pointers_[k][i] = pointer(operands_[k], operands_[k].tensors[i]);
+    offset_[i + 1] = params[i].numel();
   });
-  if (n > 0 && !slow[0]) lists_.dtype = kernel_dtype(op, params[0]);
+  if (n > 0 && !slow[0]) lists_.dtype = kernel_dtype(op, dtypes.grads.value_or(params[0].scalar_type()));
   for (size_t i = 0; i < n; ++i) {
-    if (slow[i]) prepare_slowly(op, device, params, inputs, used, i);
+    if (slow[i]) prepare_slowly(op, device, i);
     offset_[i + 1] += offset_[i];
   }
 
   lists_.offset = offset_.data();
-  lists_.grads = inputs_[0].data();
-  if (inputs.size() > 1) lists_.reg_grads = inputs_[1].data();
-  for (size_t k = 0; k <= used.size(); ++k) lists_.states[k] = states_[k].data();
+  lists_.grads = pointers_[1].data();
+  if (has_reg_) lists_.reg_grads = pointers_[2].data();
+  lists_.states[0] = pointers_[0].data();
+  for (size_t k = first_state; k < state_end; ++k) lists_.states[k - first_state + 1] = pointers_[k].data();
+  if (dtypes.companion.used) lists_.storage.companions = pointers_[operands_.size() - 1].data();
+  lists_.storage.state_dtype = n > 0 ? kernel_dtype(op, dtypes.states.value_or(params[0].scalar_type()))
+                                     : lists_.dtype;
 }
 
 // The common case, tested cheaply: a dense float param of the expected
-// device and of params[0]'s dtype, with every operand of the same dtype,
-// device, shape and strides (so no operand overlaps itself either), each in
-// a storage of its own (so no two operands overlap).
-bool PreparedLists::dense_like_param(const at::Tensor& param, const std::vector<NamedList>& inputs,
-                                     const std::vector<NamedList>& used, size_t i) const {
+// device and of params[0]'s dtype, with every operand of its list's dtype,
+// the param's device, shape and strides (so no operand overlaps itself
+// either), each in a storage of its own (so no two operands overlap).
+bool PreparedLists::dense(size_t i) const {
+  const at::Tensor& param = operands_[0].tensors[i];
   if (!param.defined()) return false;
   const c10::TensorImpl* p = param.unsafeGetTensorImpl();
   if (p->layout() != at::kStrided || p->device_type() != device_ || !p->is_non_overlapping_and_dense()) {
@@ -180,88 +199,73 @@ bool PreparedLists::dense_like_param(const at::Tensor& param, const std::vector<
   const caffe2::TypeMeta dtype = p->dtype();
   if (i > 0 ? dtype != first_dtype_ : !at::isFloatingType(dtype.toScalarType())) return false;
   const c10::IntArrayRef sizes = p->sizes(), strides = p->strides();
-  c10::StorageImpl* storages[cpu::kMaxStates + 2];
-  size_t operands = 0;
-  storages[operands++] = storage_of(p);
-  const auto same = [&](const at::Tensor& tensor) {
+  c10::StorageImpl* storages[kMaxOperands];
+  storages[0] = storage_of(p);
+  for (size_t k = 1; k < operands_.size(); ++k) {
+    const at::Tensor& tensor = operands_[k].tensors[i];
     if (!tensor.defined()) return false;
     const c10::TensorImpl* t = tensor.unsafeGetTensorImpl();
-    if (t->layout() != at::kStrided || t->dtype() != dtype || t->device() != p->device() ||
+    const caffe2::TypeMeta expected =
+        operands_[k].dtype.has_value() ? caffe2::TypeMeta::fromScalarType(*operands_[k].dtype) : dtype;
+    if (t->layout() != at::kStrided || t->dtype() != expected || t->device() != p->device() ||
         t->dim() != p->dim()) {
       return false;
     }
     c10::StorageImpl* storage = storage_of(t);
-    for (size_t k = 0; k < operands; ++k) {
-      if (storages[k] == storage) return false;
+    for (size_t j = 0; j < k; ++j) {
+      if (storages[j] == storage) return false;
     }
-    storages[operands++] = storage;
+    storages[k] = storage;
     const c10::IntArrayRef t_sizes = t->sizes(), t_strides = t->strides();
     for (size_t d = 0; d < sizes.size(); ++d) {
       if (t_sizes[d] != sizes[d] || (sizes[d] > 1 && t_strides[d] != strides[d])) return false;
     }
-    return true;
-  };
-  for (const NamedList& s : inputs) {
-    if (!same(s.tensors[i])) return false;
-  }
-  for (const NamedList& s : used) {
-    if (!same(s.tensors[i])) return false;
   }
   return true;
 }
 
 // Everything else: the checks that name the problem, then copies for layouts
 // the kernel cannot walk as one dense run.
-void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params,
-                                   const std::vector<NamedList>& inputs, const std::vector<NamedList>& used,
-                                   size_t i) {
+void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, size_t i) {
+  const at::TensorList params = operands_[0].tensors;
   const at::Tensor& param = params[i];
   FUSEDOPT_CHECK(param.defined(), "fusedopt.", op, ": params[", i, "] is undefined");
   FUSEDOPT_CHECK(param.layout() == at::kStrided, "fusedopt.", op, ": params[", i, "] is not strided");
   FUSEDOPT_CHECK(param.device().type() == device, "fusedopt.", op, ": params[", i, "] is on ", param.device(),
-              "; this implementation handles ", c10::DeviceTypeName(device), " tensors");
-  const cpu::Dtype dtype = kernel_dtype(op, param);
+                 "; this implementation handles ", c10::DeviceTypeName(device), " tensors");
+  kernel_dtype(op, param.scalar_type());  // raises for a param that is no float
   if (i == 0) {
-    lists_.dtype = dtype;
+    lists_.dtype = kernel_dtype(op, operands_[1].dtype.value_or(param.scalar_type()));
   } else {
-    FUSEDOPT_CHECK(dtype == lists_.dtype, "fusedopt.", op, ": params[", i, "] is ", param.scalar_type(),
-                " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+    FUSEDOPT_CHECK(param.scalar_type() == params[0].scalar_type(), "fusedopt.", op, ": params[", i, "] is ",
+                   param.scalar_type(), " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
   }
-  check_writable(op, "params", i, param);
-  for (const NamedList& s : inputs) check_like_param(op, s.name, i, s.tensors[i], param);
-  if (grads_mutable_) check_writable(op, inputs[0].name, i, inputs[0].tensors[i]);
-  for (const NamedList& s : used) {
-    check_like_param(op, s.name, i, s.tensors[i], param);
-    check_writable(op, s.name, i, s.tensors[i]);
+  for (size_t k = 0; k < operands_.size(); ++k) {
+    const Operand& o = operands_[k];
+    if (k > 0) check_like_param(op, o.name, i, o.tensors[i], param, o.dtype);
+    if (o.mutated) check_writable(op, o.name, i, o.tensors[i]);
   }
   // Read-only inputs may share memory with each other (classic's dw and dr),
   // and classic's dr may be its w itself (the seed's L2 term, dr = w: each
   // element is read before it is written); nothing else may share memory.
-  std::vector<NamedList> operands{{"params", params}};
-  operands.insert(operands.end(), inputs.begin(), inputs.end());
-  operands.insert(operands.end(), used.begin(), used.end());
-  const bool has_reg = inputs.size() > 1;
-  const auto read_only = [&](size_t k) { return (k == 2 && has_reg) || (k == 1 && !grads_mutable_); };
   const auto same_view = [&](const at::Tensor& t) {
     return t.data_ptr() == param.data_ptr() && t.sizes() == param.sizes() && t.strides() == param.strides();
   };
-  const bool reg_is_param = has_reg && same_view(inputs[1].tensors[i]);
-  for (size_t a = 0; a < operands.size(); ++a) {
-    for (size_t b = a + 1; b < operands.size(); ++b) {
-      if (read_only(a) && read_only(b)) continue;
-      if (a == 0 && b == 2 && reg_is_param) continue;
-      check_disjoint(op, operands[a], operands[b], i);
+  const bool reg_is_param = has_reg_ && same_view(operands_[2].tensors[i]);
+  for (size_t a = 0; a < operands_.size(); ++a) {
+    for (size_t b = a + 1; b < operands_.size(); ++b) {
+      if (!operands_[a].mutated && !operands_[b].mutated) continue;
+      if (a == 0 && b == 2 && has_reg_ && reg_is_param) continue;
+      check_disjoint(op, operands_[a].name, operands_[a].tensors[i], operands_[b].name, operands_[b].tensors[i], i);
     }
   }
   // Not dense with one layout: walk contiguous copies, written back in finish().
-  auto copy = [&](const at::Tensor& t, bool mutated) {
+  for (size_t k = 0; k < operands_.size(); ++k) {
+    const at::Tensor& t = operands_[k].tensors[i];
     copies_.push_back(t.contiguous());
-    if (mutated && !t.is_contiguous()) write_back_.emplace_back(t, copies_.back());
-    return copies_.back().data_ptr();
-  };
-  states_[0][i] = copy(param, true);
-  for (size_t k = 0; k < inputs.size(); ++k) inputs_[k][i] = copy(inputs[k].tensors[i], k == 0 && grads_mutable_);
-  for (size_t k = 0; k < used.size(); ++k) states_[k + 1][i] = copy(used[k].tensors[i], true);
+    if (operands_[k].mutated && !t.is_contiguous()) write_back_.emplace_back(t, copies_.back());
+    pointers_[k][i] = pointer(operands_[k], copies_.back());
+  }
   offset_[i + 1] = param.numel();
 }
 

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <initializer_list>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -22,20 +23,32 @@ struct NamedList {
   bool used = true;
 };
 
+// What a call stores in other dtypes than its params' (fusedopt's
+// low-precision modes; the defaults are torch's).
+struct ListDtypes {
+  std::optional<at::ScalarType> grads;   // default: the params'
+  std::optional<at::ScalarType> states;  // default: the params'
+  // A list written beside the params (cpu::Storage::companions): the
+  // residuals of compensated params, or the 16-bit params of float32 masters.
+  NamedList companion{"companions", {}, false};
+  std::optional<at::ScalarType> companion_dtype;
+};
+
 class PreparedLists {
  public:
   // states: the optimizer states in the slot order of the algorithm's update
   // functor; those not `used` are skipped. Every tensor must be on `device`,
-  // share the params' dtype and shape, be strided, and share no memory with
-  // the other operands of its param. A tensor whose operands are
-  // not dense with one common layout is walked through contiguous copies
-  // that finish() writes back, so no update is lost.
-  // reg_grads (fusedopt.classic's dr), when not empty, is a second read-only
-  // list checked like grads. grads_mutable: the kernel writes the grads
-  // (AMP stores them unscaled), so they are checked and written back like states.
+  // share the params' shape and dtype (or the dtype `dtypes` names for its
+  // list), be strided, and share no memory with the other operands of its
+  // param. A tensor whose operands are not dense with one common layout is
+  // walked through contiguous copies that finish() writes back, so no update
+  // is lost. reg_grads (fusedopt.classic's dr), when not empty, is a second
+  // read-only list checked like grads. grads_mutable: the kernel writes the
+  // grads (AMP stores them unscaled), so they are checked and written back
+  // like states.
   PreparedLists(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
                 std::initializer_list<NamedList> states, at::TensorList reg_grads = {},
-                bool grads_mutable = false);
+                bool grads_mutable = false, const ListDtypes& dtypes = {});
 
   cpu::TensorLists& lists() { return lists_; }
   int64_t size() const { return lists_.count; }
@@ -43,19 +56,27 @@ class PreparedLists {
   void finish();
 
  private:
-  bool dense_like_param(const at::Tensor& param, const std::vector<NamedList>& inputs,
-                        const std::vector<NamedList>& used, size_t i) const;
-  void prepare_slowly(const char* op, c10::DeviceType device, at::TensorList params,
-                      const std::vector<NamedList>& inputs, const std::vector<NamedList>& used, size_t i);
+  // One list of the call: its tensors, the dtype they must have (none: the
+  // param's), whether the kernel writes them.
+  struct Operand {
+    const char* name;
+    at::TensorList tensors;
+    std::optional<at::ScalarType> dtype;
+    bool mutated;
+  };
+  static constexpr int kMaxOperands = cpu::kMaxStates + 3;  // + grads, reg_grads, companion
+
+  bool dense(size_t i) const;
+  void prepare_slowly(const char* op, c10::DeviceType device, size_t i);
 
   c10::DeviceType device_ = c10::DeviceType::CPU;
-  bool grads_mutable_ = false;
   caffe2::TypeMeta first_dtype_;
+  std::vector<Operand> operands_;  // params, grads, [reg_grads], states..., [companion]
+  bool has_reg_ = false;
   std::vector<at::Tensor> copies_;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back_;  // (original, copy)
   std::vector<int64_t> offset_;
-  std::vector<const void*> inputs_[2];  // grads, reg_grads
-  std::vector<void*> states_[cpu::kMaxStates];
+  std::vector<void*> pointers_[kMaxOperands];
   cpu::TensorLists lists_;
 };
 

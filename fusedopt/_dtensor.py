@@ -76,3 +76,28 @@ def to_local(optimizer_name, lists, element_keys, params, group_params):
             check_like_param(optimizer_name, what, index[id(param)], t, param)
     for key in element_keys:
         lists[key] = [t._local_tensor for t in lists[key]]
+
+
+def index_map(p):
+    """(base, row_local, row_global) of p's local shard (cpu::IndexMap): element
+    i of the shard is element base + (i // row_local) * row_global + i % row_local
+    of the whole tensor, so stochastic rounding draws the same bits for it on
+    any number of ranks. A shard cut along more than one dim (2-D FSDP + TP on
+    different dims) has no such form: its bits are then drawn by local index
+    (unbiased all the same, but they change with the world size)."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    local = p._local_tensor
+    numel = max(1, local.numel())
+    if not local.is_contiguous():
+        return (0, numel, numel)
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    cut = [d for d in range(len(shape)) if shape[d] != p.shape[d] or offset[d] != 0]
+    if not cut:
+        return (0, numel, numel)
+    if len(cut) > 1 or 0 in shape:
+        return (0, numel, numel)
+    d = cut[0]
+    inner = 1
+    for size in p.shape[d + 1:]:
+        inner *= size
+    return (offset[d] * inner, shape[d] * inner, p.shape[d] * inner)

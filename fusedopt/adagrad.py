@@ -2,6 +2,7 @@ import torch
 from torch.optim.adagrad import adagrad as torch_adagrad
 
 from . import reference
+from . import _precision
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters, new_step
 
 
@@ -15,29 +16,32 @@ class Adagrad(FusedOptimizer):
     _op = "adagrad_"
     _element_lists = ("params", "grads", "state_sums")
     _state_lists = ("state_sums",)
-    _op_lists = _element_lists + ("state_steps",)
+    _state_keys = {"state_sums": "sum"}
+    _op_lists = _element_lists + ("state_steps", "companions")
     _setstate_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
-                 backend=None):
+                 backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
         check_hyperparameters(lr, lr_decay=lr_decay, weight_decay=weight_decay,
                               initial_accumulator_value=initial_accumulator_value, eps=eps)
         check_common_flags(type(self).__name__, foreach, fused, differentiable)
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable, fused=fused)
+                        maximize=maximize, differentiable=differentiable, fused=fused,
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
         super().__init__(params, defaults, backend)
         for group in self.param_groups:
             for p in group["params"]:
-                self._init_state(p, initial_accumulator_value)
+                self._init_state(p, group)
 
-    def _init_state(self, p, initial_accumulator_value):
+    def _init_state(self, p, group):
         state = self.state[p]
         state["step"] = new_step()
-        value = (complex(initial_accumulator_value, initial_accumulator_value)
-                 if torch.is_complex(p) else initial_accumulator_value)
-        state["sum"] = torch.full_like(p, value, memory_format=torch.preserve_format)
+        value = group["initial_accumulator_value"]
+        value = complex(value, value) if torch.is_complex(p) else value
+        state["sum"] = torch.full_like(p, value, dtype=_precision.state_dtype(group, p),
+                                       memory_format=torch.preserve_format)
 
     def share_memory(self):
         """Calls tensor.share_memory_() on the state sum tensors."""
@@ -50,7 +54,7 @@ class Adagrad(FusedOptimizer):
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                self._init_state(p, self.defaults["initial_accumulator_value"])
+                self._init_state(p, group)
             lists["params"].append(p)
             lists["grads"].append(p.grad)
             lists["state_sums"].append(state["sum"])
@@ -64,7 +68,7 @@ class Adagrad(FusedOptimizer):
         own sparse step: there is no dense pass to fuse."""
         for p in params:
             if len(self.state[p]) == 0:
-                self._init_state(p, self.defaults["initial_accumulator_value"])
+                self._init_state(p, group)
         torch_adagrad(params, [p.grad for p in params], [self.state[p]["sum"] for p in params],
                                     [self.state[p]["step"] for p in params], has_sparse_grad=True, foreach=False,
                                     lr=as_float(group["lr"]), weight_decay=group["weight_decay"],
@@ -77,7 +81,8 @@ class Adagrad(FusedOptimizer):
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)
-        for i, p in enumerate(lists["params"]):
+        for i in range(len(lists["params"])):
             step_t = lists["state_steps"][i]
             step_t += 1
-            reference.adagrad(p, lists["grads"][i], lists["state_sums"][i], step=step_t.item(), **hyper)
+            self._reference_step(reference.adagrad, group, lists, i, [lists["state_sums"][i]], count=step_t.item(),
+                                 step=step_t.item(), **hyper)

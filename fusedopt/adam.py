@@ -1,6 +1,7 @@
 import torch
 
 from . import reference
+from . import _precision
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters, new_step
 
 
@@ -36,20 +37,22 @@ class Adam(FusedOptimizer):
     _op = "adam_"
     _element_lists = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
     _state_lists = ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
-    _op_lists = _element_lists + ("state_steps",)
+    _state_keys = {"exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq", "max_exp_avg_sqs": "max_exp_avg_sq"}
+    _op_lists = _element_lists + ("state_steps", "companions")
     _setstate_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                           "differentiable": False, "fused": None, "decoupled_weight_decay": False}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
                  *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, backend=None):
+                 decoupled_weight_decay=False, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
         _check_adam_args(lr, betas, eps, weight_decay)
         check_common_flags(type(self).__name__, foreach, fused, differentiable)
         betas = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim() != 0 else b for b in betas)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
+                        decoupled_weight_decay=decoupled_weight_decay,
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
         super().__init__(params, defaults, backend)
 
     def _sparse_error(self):
@@ -62,10 +65,10 @@ class Adam(FusedOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = new_step(p, group["capturable"])
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = _precision.zeros(group, p)
+                state["exp_avg_sq"] = _precision.zeros(group, p)
                 if amsgrad:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["max_exp_avg_sq"] = _precision.zeros(group, p)
             lists["params"].append(p)
             lists["grads"].append(p.grad)
             lists["exp_avgs"].append(state["exp_avg"])
@@ -91,12 +94,13 @@ class Adam(FusedOptimizer):
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)
-        for i, p in enumerate(lists["params"]):
+        for i in range(len(lists["params"])):
             step_t = lists["state_steps"][i]
             step_t += 1
             max_sq = lists["max_exp_avg_sqs"][i] if hyper["amsgrad"] else None
-            reference.adam(p, lists["grads"][i], lists["exp_avgs"][i], lists["exp_avg_sqs"][i], max_sq,
-                           step=step_t.item(), **hyper)
+            self._reference_step(reference.adam, group, lists, i,
+                                 [lists["exp_avgs"][i], lists["exp_avg_sqs"][i], max_sq], count=step_t.item(),
+                                 step=step_t.item(), **hyper)
 
 
 class AdamW(Adam):
@@ -105,10 +109,10 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, backend=None):
+                 differentiable=False, fused=None, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=True, backend=backend)
+                         fused=fused, decoupled_weight_decay=True, backend=backend, param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed)
 
     def __setstate__(self, state):
         super().__setstate__(state)

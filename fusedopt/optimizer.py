@@ -21,7 +21,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _dtensor, _native
+from . import _dtensor, _native, _precision
+from .reference import low_precision
 from ._distinct import check_distinct
 
 
@@ -74,7 +75,7 @@ class FusedOptimizer(Optimizer):
     _step_supports_amp_scaling = True
 
     _op = None  # name of the torch.ops.fusedopt op
-    _op_lists = ()  # the op's list arguments, in schema order: keys of _gather's result
+    _op_lists = ()  # the op's list arguments, in schema order: keys of _gather's result (+ "companions")
     _element_lists = ()  # keys of _gather's result holding per-element tensors
     _state_lists = ()  # the states kept by a plan, in the op's order
     _setstate_defaults = {}  # group keys older state dicts may lack
@@ -84,9 +85,19 @@ class FusedOptimizer(Optimizer):
         self._plans = {}
         super().__init__(params, defaults)
 
+    _state_keys = {}  # the op's state lists -> their state keys
+
     def invalidate_plans(self):
         """Forgets the cached C++ lists of every group; the next step rebuilds them."""
         self.__dict__.setdefault("_plans", {}).clear()
+        self.__dict__.pop("_rng_id_map", None)
+
+    def _rng_ids(self):
+        """Each param's position among all the optimizer's params: the tensor
+        part of stochastic rounding's keys, the same in every run of a model."""
+        if self.__dict__.get("_rng_id_map") is None:
+            self._rng_id_map = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        return self._rng_id_map
 
     def add_param_group(self, param_group):
         params = param_group.get("params") if isinstance(param_group, dict) else None
@@ -99,7 +110,14 @@ class FusedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict):
         self.invalidate_plans()
+        # A torch.optim state dict has no low-precision options: keep ours.
+        kept = [{k: g[k] for k in _precision.GROUP_DEFAULTS if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, options, saved in zip(self.param_groups, kept, state_dict["param_groups"]):
+            for key, value in options.items():
+                if key not in saved:
+                    group[key] = value
+        _precision.restore_dtypes(self, state_dict["state"])
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -227,9 +245,11 @@ class FusedOptimizer(Optimizer):
         # Every bucket is gathered and checked before any is stepped.
         gathered = []
         for (device, dtype, distributed), params in buckets.items():
-            lists = self._gather(group, params)
+            lists = _precision.gather(self, group, params, self._gather(group, params), self._state_keys)
+            if lists["precision"] and dtype.is_complex:
+                raise ValueError(f"fusedopt.{name}: the low-precision options do not apply to complex params")
             if distributed:
-                _dtensor.to_local(name, lists, self._element_lists, params, group["params"])
+                _dtensor.to_local(name, lists, self._element_lists + ("companions",), params, group["params"])
                 lists["dtensor_params"] = params
             if dtype.is_complex:
                 plannable = False
@@ -286,13 +306,41 @@ class FusedOptimizer(Optimizer):
         reused while this is unchanged)."""
         return None
 
+    def _plan_key(self, group):
+        return self._structure(group), tuple(group.get(k) for k in _precision.GROUP_DEFAULTS)
+
+    def _native_inputs(self, group, lists):
+        """The op's trailing inputs: AMP, a device lr, and the low-precision storage."""
+        inputs = self._step_inputs(group)
+        inputs.update(lists["precision"])
+        return inputs
+
+    def _reference_step(self, update, group, lists, i, states, count=None, **hyper):
+        """fusedopt.reference's `update` on the i-th tensor of a bucket, through
+        reference.low_precision where the group keeps it in low precision.
+        count: the tensor's step count after this step's increment."""
+        precision = lists["precision"]
+        if not precision:
+            update(lists["params"][i], lists["grads"][i], *states, **hyper)
+            return
+        key, index = 0, None
+        if "rng_ids" in precision:
+            key = low_precision.stream_key(precision["seed"], precision["rng_ids"][i], int(count))
+            maps = precision.get("index_map")
+            index = low_precision.global_index(lists["params"][i].numel(),
+                                               None if maps is None else maps[3 * i:3 * i + 3])
+        companion = lists["companions"][i] if lists["companions"] else None
+        low_precision.step(update, lists["params"][i], lists["grads"][i], states,
+                           param_precision=precision["param_precision"], companion=companion,
+                           stochastic_states=precision["stochastic_states"], key=key, index=index, **hyper)
+
     def _hyper(self, group):
         """The op's scalar arguments for this group, as Python floats and bools."""
         raise NotImplementedError
 
     def _run_native(self, group, lists):
         getattr(torch.ops.fusedopt, self._op)(*(lists[k] for k in self._op_lists), **self._hyper(group),
-                                              **self._step_inputs(group))
+                                              **self._native_inputs(group, lists))
 
     def _gather(self, group, params):
         raise NotImplementedError
@@ -332,6 +380,15 @@ _SINGULAR = {"params": "param", "grads": "grad", "exp_avgs": "exp_avg", "exp_avg
              "state_sums": "sum", "square_avgs": "square_avg", "grad_avgs": "grad_avg"}
 
 
+def _plan_precision(precision):
+    """The low-precision arguments as CachedLists keeps them."""
+    state_dtype = precision.get("state_dtype")
+    return dict(param_precision=precision.get("param_precision", "nearest"),
+                state_dtype="" if state_dtype is None else str(state_dtype).replace("torch.", ""),
+                stochastic_states=precision.get("stochastic_states", False), seed=precision.get("seed", 0),
+                rng_ids=precision.get("rng_ids", []), index_map=precision.get("index_map", []))
+
+
 class _Plan:
     """A group's lists kept in C++, and what they were built from."""
 
@@ -341,14 +398,16 @@ class _Plan:
         self.count = len(self.params)
         self.state = optimizer.state
         self.state_count = len(optimizer.state)
-        self.structure = optimizer._structure(group)
+        self.structure = optimizer._plan_key(group)
         self.backend = optimizer.backend
         self.bucket_params = [lists.get("dtensor_params", lists["params"]) for lists in bucket_lists]
         self.lists = [
             _native.C.CachedLists(lists["params"], [lists[k] for k in optimizer._state_lists],
                                   lists.get("state_steps", []),
-                                  [t for k in optimizer._state_lists + ("state_steps",) for t in lists.get(k, ())],
-                                  lists.get("dtensor_params", []))
+                                  [t for k in optimizer._state_lists + ("state_steps", "companions")
+                                   for t in lists.get(k, ())],
+                                  lists.get("dtensor_params", []), lists["companions"],
+                                  **_plan_precision(lists["precision"]))
             for lists in bucket_lists
         ]
 
@@ -364,4 +423,4 @@ class _Plan:
         return (group["params"] is self.params and type(self.params) is list
                 and _native.C.same_items(self.params, self.snapshot)
                 and optimizer.state is self.state and len(optimizer.state) == self.state_count
-                and optimizer.backend == self.backend and optimizer._structure(group) == self.structure)
+                and optimizer.backend == self.backend and optimizer._plan_key(group) == self.structure)

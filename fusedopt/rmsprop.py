@@ -1,6 +1,7 @@
 import torch
 
 from . import reference
+from . import _precision
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters, new_step
 
 
@@ -14,18 +15,20 @@ class RMSprop(FusedOptimizer):
     _op = "rmsprop_"
     _element_lists = ("params", "grads", "square_avgs", "momentum_buffers", "grad_avgs")
     _state_lists = ("square_avgs", "momentum_buffers", "grad_avgs")
-    _op_lists = _element_lists + ("state_steps",)
+    _state_keys = {"square_avgs": "square_avg", "momentum_buffers": "momentum_buffer", "grad_avgs": "grad_avg"}
+    _op_lists = _element_lists + ("state_steps", "companions")
     _setstate_defaults = {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
                           "differentiable": False, "capturable": False}
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, backend=None):
+                 differentiable=False, backend=None, *, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
         check_hyperparameters(lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
         check_common_flags(type(self).__name__, foreach, None, differentiable)
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable)
+                        maximize=maximize, differentiable=differentiable,
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
         super().__init__(params, defaults, backend)
 
     def _gather(self, group, params):
@@ -35,11 +38,11 @@ class RMSprop(FusedOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = new_step(p, group["capturable"])
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["square_avg"] = _precision.zeros(group, p)
                 if with_momentum:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = _precision.zeros(group, p)
                 if group["centered"]:
-                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["grad_avg"] = _precision.zeros(group, p)
             lists["params"].append(p)
             lists["grads"].append(p.grad)
             lists["square_avgs"].append(state["square_avg"])
@@ -60,8 +63,9 @@ class RMSprop(FusedOptimizer):
 
     def _reference(self, group, lists):
         hyper = self._hyper(group)
-        for i, p in enumerate(lists["params"]):
+        for i in range(len(lists["params"])):
             lists["state_steps"][i] += 1
             buf = lists["momentum_buffers"][i] if hyper["momentum"] > 0 else None
             grad_avg = lists["grad_avgs"][i] if hyper["centered"] else None
-            reference.rmsprop(p, lists["grads"][i], lists["square_avgs"][i], buf, grad_avg, **hyper)
+            self._reference_step(reference.rmsprop, group, lists, i, [lists["square_avgs"][i], buf, grad_avg],
+                                 count=lists["state_steps"][i].item(), **hyper)

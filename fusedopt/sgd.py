@@ -2,6 +2,7 @@ import torch
 from torch.optim.sgd import sgd as torch_sgd
 
 from . import reference
+from . import _precision
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters
 
 
@@ -13,18 +14,20 @@ class SGD(FusedOptimizer):
     _op = "sgd_"
     _element_lists = ("params", "grads", "momentum_buffers")
     _state_lists = ("momentum_buffers",)
+    _state_keys = {"momentum_buffers": "momentum_buffer"}
     _setstate_defaults = {"nesterov": False, "maximize": False, "foreach": None,
                           "differentiable": False, "fused": False}
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None, backend=None):
+                 maximize=False, foreach=None, differentiable=False, fused=None, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
         check_hyperparameters(lr, momentum=momentum, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_common_flags(type(self).__name__, foreach, fused, differentiable)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
+                        differentiable=differentiable, fused=fused,
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
         super().__init__(params, defaults, backend)
 
     _counts_steps = False
@@ -42,7 +45,7 @@ class SGD(FusedOptimizer):
                 # kernel does that copy when first_step is set.
                 lists["first_step"].append(int(buf is None))
                 if buf is None:
-                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    buf = state["momentum_buffer"] = _precision.zeros(group, p)
                 lists["momentum_buffers"].append(buf)
         return lists
 
@@ -56,7 +59,8 @@ class SGD(FusedOptimizer):
 
     def _run_native(self, group, lists):
         torch.ops.fusedopt.sgd_(lists["params"], lists["grads"], lists["momentum_buffers"],
-                                first_step=lists["first_step"], **self._hyper(group), **self._step_inputs(group))
+                                lists.get("state_steps", []), lists["companions"], first_step=lists["first_step"],
+                                **self._hyper(group), **self._native_inputs(group, lists))
 
     _takes_sparse = True
 
@@ -75,7 +79,12 @@ class SGD(FusedOptimizer):
     def _reference(self, group, lists):
         hyper = self._hyper(group)
         with_momentum = hyper["momentum"] != 0
-        for i, p in enumerate(lists["params"]):
+        steps = lists.get("state_steps", [])
+        for i in range(len(lists["params"])):
             buf = lists["momentum_buffers"][i] if with_momentum else None
             first = bool(lists["first_step"][i]) if with_momentum else False
-            reference.sgd(p, lists["grads"][i], buf, first_step=first, **hyper)
+            step = None
+            if steps:
+                steps[i] += 1
+                step = steps[i].item()
+            self._reference_step(reference.sgd, group, lists, i, [buf], count=step, first_step=first, **hyper)

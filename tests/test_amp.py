@@ -64,7 +64,7 @@ def test_optimizers_declare_amp_support():
 
 def _adam_op(lists, **amp):
     torch.ops.fusedopt.adam_(lists["params"], lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"], [],
-                             lists["steps"], lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.0, eps=1e-8,
+                             lists["steps"], [], lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.0, eps=1e-8,
                              amsgrad=False, maximize=False, decoupled_weight_decay=False, **amp)
 
 

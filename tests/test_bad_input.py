@@ -118,7 +118,7 @@ ADAM_SCALARS = dict(lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
 
 def _call_adam(lists):
     torch.ops.fusedopt.adam_(lists["params"], lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"],
-                             lists["max_exp_avg_sqs"], lists["state_steps"], **ADAM_SCALARS)
+                             lists["max_exp_avg_sqs"], lists["state_steps"], [], **ADAM_SCALARS)
 
 
 @pytest.mark.parametrize("breakage,message", [
@@ -183,23 +183,23 @@ def _steps(n=2):
 # Each op with a state list its options need left empty: the op must refuse
 # before touching anything (it used to read past the list and crash).
 MISSING_STATE = [
-    ("adam amsgrad", lambda p, g: torch.ops.fusedopt.adam_(p, g, _fresh(), _fresh(), [], _steps(), **dict(
+    ("adam amsgrad", lambda p, g: torch.ops.fusedopt.adam_(p, g, _fresh(), _fresh(), [], _steps(), [], **dict(
         ADAM_SCALARS, amsgrad=True)), "max_exp_avg_sqs"),
-    ("adam exp_avgs", lambda p, g: torch.ops.fusedopt.adam_(p, g, [], _fresh(), [], _steps(), **ADAM_SCALARS),
+    ("adam exp_avgs", lambda p, g: torch.ops.fusedopt.adam_(p, g, [], _fresh(), [], _steps(), [], **ADAM_SCALARS),
      "exp_avgs"),
-    ("sgd momentum", lambda p, g: torch.ops.fusedopt.sgd_(p, g, [], lr=0.1, weight_decay=0.0, momentum=0.9,
+    ("sgd momentum", lambda p, g: torch.ops.fusedopt.sgd_(p, g, [], [], [], lr=0.1, weight_decay=0.0, momentum=0.9,
                                                           dampening=0.0, nesterov=False, maximize=False,
                                                           first_step=[1, 1]), "momentum_buffers"),
-    ("adagrad", lambda p, g: torch.ops.fusedopt.adagrad_(p, g, [], _steps(), lr=0.1, lr_decay=0.0,
+    ("adagrad", lambda p, g: torch.ops.fusedopt.adagrad_(p, g, [], _steps(), [], lr=0.1, lr_decay=0.0,
                                                          weight_decay=0.0, eps=1e-10, maximize=False), "state_sums"),
-    ("rmsprop", lambda p, g: torch.ops.fusedopt.rmsprop_(p, g, [], [], [], _steps(), lr=0.1, alpha=0.9, eps=1e-8,
+    ("rmsprop", lambda p, g: torch.ops.fusedopt.rmsprop_(p, g, [], [], [], _steps(), [], lr=0.1, alpha=0.9, eps=1e-8,
                                                          weight_decay=0.0, momentum=0.0, centered=False,
                                                          maximize=False), "square_avgs"),
-    ("rmsprop centered", lambda p, g: torch.ops.fusedopt.rmsprop_(p, g, _fresh(), [], [], _steps(), lr=0.1,
+    ("rmsprop centered", lambda p, g: torch.ops.fusedopt.rmsprop_(p, g, _fresh(), [], [], _steps(), [], lr=0.1,
                                                                   alpha=0.9, eps=1e-8, weight_decay=0.0,
                                                                   momentum=0.0, centered=True, maximize=False),
      "grad_avgs"),
-    ("rmsprop momentum", lambda p, g: torch.ops.fusedopt.rmsprop_(p, g, _fresh(), [], [], _steps(), lr=0.1,
+    ("rmsprop momentum", lambda p, g: torch.ops.fusedopt.rmsprop_(p, g, _fresh(), [], [], _steps(), [], lr=0.1,
                                                                   alpha=0.9, eps=1e-8, weight_decay=0.0,
                                                                   momentum=0.9, centered=False, maximize=False),
      "momentum_buffers"),

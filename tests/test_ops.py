@@ -28,15 +28,15 @@ def _op_calls(dtype):
     ops = torch.ops.fusedopt
     adam = dict(lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=0.1, eps=1e-8, maximize=False)
     return [
-        (ops.adam_.default, (p, g, st(), pos(), pos(), steps()), dict(adam, amsgrad=True, decoupled_weight_decay=True)),
-        (ops.adam_.default, (p, g, st(), pos(), [], steps()), dict(adam, amsgrad=False, decoupled_weight_decay=False)),
-        (ops.sgd_.default, (p, g, st()), dict(lr=0.1, weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=True,
+        (ops.adam_.default, (p, g, st(), pos(), pos(), steps(), []), dict(adam, amsgrad=True, decoupled_weight_decay=True)),
+        (ops.adam_.default, (p, g, st(), pos(), [], steps(), []), dict(adam, amsgrad=False, decoupled_weight_decay=False)),
+        (ops.sgd_.default, (p, g, st(), [], []), dict(lr=0.1, weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=True,
                                               maximize=True, first_step=[1, 0, 1])),
-        (ops.sgd_.default, (p, g, []), dict(lr=0.1, weight_decay=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+        (ops.sgd_.default, (p, g, [], [], []), dict(lr=0.1, weight_decay=0.1, momentum=0.0, dampening=0.0, nesterov=False,
                                             maximize=False, first_step=[])),
-        (ops.adagrad_.default, (p, g, pos(), steps()), dict(lr=0.1, lr_decay=0.01, weight_decay=0.0, eps=1e-10,
+        (ops.adagrad_.default, (p, g, pos(), steps(), []), dict(lr=0.1, lr_decay=0.01, weight_decay=0.0, eps=1e-10,
                                                             maximize=False)),
-        (ops.rmsprop_.default, (p, g, pos(), st(), st(), steps()), dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.0,
+        (ops.rmsprop_.default, (p, g, pos(), st(), st(), steps(), []), dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.0,
                                                                         momentum=0.9, centered=True, maximize=False)),
         (ops.traffic_.default, (p, g, st(), st(), []), {}),
         (ops.classic_sgd_.default, (p, g, g, st()), dict(alpha=0.1, lambdaa=0.5, epsilon=0.9, nesterov=True)),

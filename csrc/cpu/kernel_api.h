@@ -8,6 +8,7 @@
 #include "fusedopt/adagrad.h"
 #include "fusedopt/adam.h"
 #include "fusedopt/rmsprop.h"
+#include "fusedopt/rounding.h"
 #include "fusedopt/sgd.h"
 #include "fusedopt/traffic.h"
 
@@ -17,6 +18,36 @@ namespace cpu {
 enum class Dtype : int { kFloat32, kFloat64, kBFloat16, kFloat16 };
 
 constexpr int kMaxStates = 4;
+
+// How a 16-bit param is kept between steps (fusedopt's `param_precision`).
+enum class ParamStorage : int {
+  kPlain,        // the param itself, rounded to nearest or stochastically
+  kCompensated,  // param + a bfloat16 residual of what rounding dropped (companions)
+  kMaster,       // a float32 master in states[0]; the 16-bit param (companions) rounded from it
+};
+
+// Where element i of a tensor sits in the whole tensor (a DTensor's local
+// shard is a block of rows of it): base + (i / row_local) * row_global +
+// i % row_local. Stochastic rounding draws its bits by that index, so a
+// sharded step rounds as the unsharded one.
+struct IndexMap {
+  int64_t base, row_local, row_global;
+};
+
+// Low-precision storage of a call's tensors; the default is torch's: every
+// state in the params' dtype, every 16-bit value rounded to nearest.
+struct Storage {
+  Dtype state_dtype = Dtype::kFloat32;  // states[1..]: the params' dtype or bfloat16
+  ParamStorage param = ParamStorage::kPlain;
+  bool param_stochastic = false;  // kPlain 16-bit params: stochastic rounding
+  bool state_stochastic = false;  // 16-bit states: stochastic rounding
+  void* const* companions = nullptr;  // per tensor: kCompensated's residuals, kMaster's 16-bit params
+  const uint64_t* keys = nullptr;     // per tensor: math::stream_key of the param stream at this step
+  const IndexMap* index = nullptr;    // per tensor, or null: the local index is the global one
+  bool plain(Dtype dtype) const {
+    return state_dtype == dtype && param == ParamStorage::kPlain && !param_stochastic && !state_stochastic;
+  }
+};
 
 // Equal-length lists of same-shaped tensors, each walked as one dense run of
 // `numel[i]` elements. states[0] holds the params; the others the optimizer
@@ -43,6 +74,7 @@ struct TensorLists {
   const float* const* device_steps = nullptr;
   const float* device_lr = nullptr;
   const float* found_inf = nullptr;
+  Storage storage;
 };
 
 struct AdamArgs {

@@ -30,7 +30,7 @@ struct BFloat16 { uint16_t bits; };
 // IEEE binary16 as raw bits: GCC 12 does not vectorize conversions of its
 // _Float16 type (each element would go through scalar vcvtph2ps and even a
 // libgcc call), so Half is converted with integer and float bit operations
-// that vectorize like everything else.
+// (math::fp16_to_float / fp16_nearest) that vectorize like everything else.
 struct Half { uint16_t bits; };
 
 template <typename T> struct MathType { using type = float; };
@@ -40,55 +40,13 @@ template <> struct MathType<double> { using type = double; };
 
 FUSEDOPT_ALWAYS_INLINE float to_math(float x) { return x; }
 FUSEDOPT_ALWAYS_INLINE double to_math(double x) { return x; }
-FUSEDOPT_ALWAYS_INLINE float bits_to_float(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-FUSEDOPT_ALWAYS_INLINE uint32_t float_to_bits(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  return bits;
-}
-
-// binary16 -> binary32, exact. Normal numbers: move exponent and mantissa
-// into place and rescale by 2^-112 (which also maps Inf/NaN exponents to
-// Inf/NaN). Subnormals: build 0.5 + m * 2^-24 and subtract 0.5.
-FUSEDOPT_ALWAYS_INLINE float to_math(Half x) {
-  const uint32_t w = static_cast<uint32_t>(x.bits) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const float normal = bits_to_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float subnormal = bits_to_float((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t magnitude = two_w < (1u << 27) ? float_to_bits(subnormal) : float_to_bits(normal);
-  return bits_to_float(sign | magnitude);
-}
-FUSEDOPT_ALWAYS_INLINE float to_math(BFloat16 x) { return bits_to_float(static_cast<uint32_t>(x.bits) << 16); }
+FUSEDOPT_ALWAYS_INLINE float to_math(Half x) { return math::fp16_to_float(x.bits); }
+FUSEDOPT_ALWAYS_INLINE float to_math(BFloat16 x) { return math::bf16_to_float(x.bits); }
 
 template <typename T> FUSEDOPT_ALWAYS_INLINE T from_math(float x);
 template <> FUSEDOPT_ALWAYS_INLINE float from_math<float>(float x) { return x; }
-// binary32 -> binary16, rounded to nearest even by the float addition that
-// aligns the mantissa (scaling by 2^112 * 2^-110 first sends overflow to Inf);
-// NaN becomes the quiet NaN 0x7E00 with its sign.
-template <> FUSEDOPT_ALWAYS_INLINE Half from_math<Half>(float x) {
-  const uint32_t w = float_to_bits(x);
-  const uint32_t shl1_w = w + w;
-  const uint32_t sign = w & 0x80000000u;
-  uint32_t bias = shl1_w & 0xFF000000u;
-  bias = bias < 0x71000000u ? 0x71000000u : bias;
-  const float base = (std::fabs(x) * 0x1.0p+112f) * 0x1.0p-110f;
-  const uint32_t bits = float_to_bits(bits_to_float((bias >> 1) + 0x07800000u) + base);
-  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
-  return Half{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
-}
-// Round to nearest even, NaN to the canonical quiet NaN, as c10::BFloat16.
-template <> FUSEDOPT_ALWAYS_INLINE BFloat16 from_math<BFloat16>(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  return BFloat16{static_cast<uint16_t>(x != x ? 0x7FC0u : rounded)};
-}
+template <> FUSEDOPT_ALWAYS_INLINE Half from_math<Half>(float x) { return Half{math::fp16_nearest(x)}; }
+template <> FUSEDOPT_ALWAYS_INLINE BFloat16 from_math<BFloat16>(float x) { return BFloat16{math::bf16_nearest(x)}; }
 FUSEDOPT_ALWAYS_INLINE double from_math_double(double x) { return x; }
 
 template <typename T, typename M>
@@ -210,30 +168,132 @@ FUSEDOPT_ALWAYS_INLINE void narrow(const float* src, T* dst, int n) {
   for (; i < n; ++i) dst[i] = from_math<T>(src[i]);
 }
 
+// Stochastic rounding's random bits for elements [begin, begin + n) of
+// tensor t in stream `key`, drawn by each element's index in the whole tensor.
+FUSEDOPT_ALWAYS_INLINE void random_block(const TensorLists& l, int64_t t, int64_t begin, int n, uint64_t key,
+                                         uint32_t* out) {
+  alignas(64) uint64_t index[kBlock];
+  if (l.storage.index == nullptr) {
+    for (int i = 0; i < n; ++i) index[i] = static_cast<uint64_t>(begin + i);
+  } else {
+    const IndexMap m = l.storage.index[t];
+    int64_t row = begin / m.row_local, column = begin % m.row_local;
+    for (int i = 0; i < n; ++i) {
+      index[i] = static_cast<uint64_t>(m.base + row * m.row_global + column);
+      if (++column == m.row_local) {
+        column = 0;
+        ++row;
+      }
+    }
+  }
+  for (int i = 0; i < n; ++i) out[i] = math::random_bits(key, index[i]);
+}
+
+// The stream key of state slot k (k = 0: the param) of tensor t at this step.
+FUSEDOPT_ALWAYS_INLINE uint64_t slot_key(const TensorLists& l, int64_t t, int k) {
+  return l.storage.keys[t] ^ (0x9e3779b97f4a7c15ull * static_cast<uint64_t>(k));
+}
+
+FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, BFloat16* dst, const uint32_t* random, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = BFloat16{math::bf16_stochastic(src[i], random[i])};
+}
+FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, Half* dst, const uint32_t* random, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = Half{math::fp16_stochastic(src[i], random[i])};
+}
+FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, float* dst, const uint32_t*, int n) {
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+
+// A state slot in the call's state dtype (the params', bfloat16, or float32
+// beside the float32 master of 16-bit params).
+FUSEDOPT_ALWAYS_INLINE void widen_state(const TensorLists& l, void* base, int64_t at, float* dst, int n) {
+  switch (l.storage.state_dtype) {
+    case Dtype::kBFloat16: widen(static_cast<const BFloat16*>(base) + at, dst, n); break;
+    case Dtype::kFloat16: widen(static_cast<const Half*>(base) + at, dst, n); break;
+    default: std::memcpy(dst, static_cast<const float*>(base) + at, sizeof(float) * n); break;
+  }
+}
+
+FUSEDOPT_ALWAYS_INLINE void narrow_state(const TensorLists& l, int64_t t, int k, const float* src, void* base,
+                                         int64_t at, int n) {
+  const Dtype d = l.storage.state_dtype;
+  if (d == Dtype::kFloat32) {
+    std::memcpy(static_cast<float*>(base) + at, src, sizeof(float) * n);
+  } else if (l.storage.state_stochastic) {
+    alignas(64) uint32_t random[kBlock];
+    random_block(l, t, at, n, slot_key(l, t, k), random);
+    if (d == Dtype::kBFloat16) narrow_stochastic(src, static_cast<BFloat16*>(base) + at, random, n);
+    else narrow_stochastic(src, static_cast<Half*>(base) + at, random, n);
+  } else if (d == Dtype::kBFloat16) {
+    narrow(src, static_cast<BFloat16*>(base) + at, n);
+  } else {
+    narrow(src, static_cast<Half*>(base) + at, n);
+  }
+}
+
+// Pieces whose storage is not the update's math type go through float32
+// buffers a block at a time, so the update itself runs the float32 loop:
+// 16-bit params and states (converting inside the update loop leaves GCC
+// short of vector registers: bfloat16 Adam ran 2.4x slower than float32 in
+// cache that way), and the low-precision modes of cpu::Storage, whose
+// conversions (stochastic rounding, compensated and master params) happen
+// here, once per block, around the same update.
 template <typename T, class Update, std::size_t... K>
 void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
                           std::index_sequence<K...>) {
   constexpr int S = sizeof...(K);
+  const Storage& st = l.storage;
   alignas(64) float g[kBlock], r[kBlock], s[S][kBlock];
   const T* grad = static_cast<const T*>(l.grads[t]) + begin;
   const T* reg = l.reg_grads != nullptr ? static_cast<const T*>(l.reg_grads[t]) + begin : nullptr;
-  T* state[S] = {(static_cast<T*>(l.states[K][t]) + begin)...};
+  void* slot[S] = {l.states[K][t]...};
   for (int64_t b = 0; b < end - begin; b += kBlock) {
     const int n = static_cast<int>(end - begin - b < kBlock ? end - begin - b : kBlock);
+    const int64_t at = begin + b;
     widen(grad + b, g, n);
     if (l.grad_scale != nullptr) {
       const float scale = *l.grad_scale;
       for (int i = 0; i < n; ++i) g[i] = g[i] / scale;
       narrow(g, const_cast<T*>(grad) + b, n);  // AMP: stored back unscaled
     }
-    for (int k = 0; k < S; ++k) widen(state[k] + b, s[k], n);
+    if (st.param == ParamStorage::kMaster) {
+      std::memcpy(s[0], static_cast<const float*>(slot[0]) + at, sizeof(float) * n);
+    } else {
+      widen(static_cast<const T*>(slot[0]) + at, s[0], n);
+    }
+    if (st.param == ParamStorage::kCompensated) {
+      widen(static_cast<const BFloat16*>(st.companions[t]) + at, r, n);
+      for (int i = 0; i < n; ++i) s[0][i] += r[i];
+    }
+    for (int k = 1; k < S; ++k) widen_state(l, slot[k], at, s[k], n);
     if (reg != nullptr) {
       widen(reg + b, r, n);
       update_run<float>(u, RegularizedGrad<float>{g, r, static_cast<float>(l.reg_weight)}, n, s[K]...);
     } else {
       update_run<float>(u, PlainGrad<float>{g}, n, s[K]...);
     }
-    for (int k = 0; k < S; ++k) narrow(s[k], state[k] + b, n);
+    T* param = static_cast<T*>(slot[0]) + at;
+    if (st.param == ParamStorage::kMaster) {
+      std::memcpy(static_cast<float*>(slot[0]) + at, s[0], sizeof(float) * n);
+      narrow(s[0], static_cast<T*>(st.companions[t]) + at, n);
+    } else if (st.param == ParamStorage::kCompensated) {
+      if constexpr (!std::is_same_v<T, float>) {
+        BFloat16* residual = static_cast<BFloat16*>(st.companions[t]) + at;
+        for (int i = 0; i < n; ++i) {
+          uint16_t kept, dropped;
+          math::split_compensated<std::is_same_v<T, Half>>(s[0][i], kept, dropped);
+          param[i] = T{kept};
+          residual[i] = BFloat16{dropped};
+        }
+      }
+    } else if (st.param_stochastic && !std::is_same_v<T, float>) {
+      alignas(64) uint32_t random[kBlock];
+      random_block(l, t, at, n, slot_key(l, t, 0), random);
+      narrow_stochastic(s[0], param, random, n);
+    } else {
+      narrow(s[0], param, n);
+    }
+    for (int k = 1; k < S; ++k) narrow_state(l, t, k, s[k], slot[k], at, n);
   }
 }
 
@@ -242,6 +302,12 @@ template <typename T, class Update>
 void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
     update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (l.storage.state_dtype == Dtype::kBFloat16) {
+      update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
+    } else {
+      update_piece<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
+    }
   } else {
     update_piece<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
   }

@@ -42,6 +42,15 @@ FUSEDOPT_HD M fma_(M a, M b, M c) {
 }
 
 template <typename M>
+FUSEDOPT_HD M floor_(M x) {
+#if defined(__CUDA_ARCH__)
+  return ::floor(x);
+#else
+  return std::floor(x);
+#endif
+}
+
+template <typename M>
 FUSEDOPT_HD M pow_(M x, M y) {
 #if defined(__CUDA_ARCH__)
   return ::pow(x, y);

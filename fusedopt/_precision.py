@@ -1,0 +1,141 @@
+"""The low-precision options every fusedopt optimizer takes (docs/precision.md).
+
+    param_precision    how a bfloat16/float16 param is kept between steps:
+                       "nearest"      rounded to nearest even, as torch does
+                       "stochastic"   rounded stochastically (unbiased)
+                       "compensated"  plus a bfloat16 residual of what rounding dropped
+                                      (state "param_residual", +2 bytes per param)
+                       "master"       a float32 master copy (state "master_param",
+                                      +4 bytes), the param written from it each step
+    state_dtype        the optimizer states' dtype: None (the param's, as torch; float32
+                       beside a master), torch.bfloat16 or torch.float32
+    stochastic_states  bfloat16 states rounded stochastically too
+    seed               stochastic rounding's seed; None: torch.initial_seed(), so it
+                       follows torch.manual_seed
+
+Float32 and float64 params are updated as usual whatever param_precision says;
+state_dtype applies to float32, bfloat16 and float16 params.
+"""
+import torch
+
+from . import _dtensor
+
+PARAM_PRECISIONS = ("nearest", "stochastic", "compensated", "master")
+STATE_DTYPES = {None: None, torch.bfloat16: "bfloat16", torch.float32: "float32", "bfloat16": "bfloat16",
+                "float32": "float32"}
+LOW = (torch.bfloat16, torch.float16)
+GROUP_DEFAULTS = dict(param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None)
+
+
+def defaults(param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
+    """The group entries of the options, checked (ValueError names the bad one);
+    none at all for torch's behaviour, so that defaults, param_groups and
+    state dicts are then exactly torch.optim's."""
+    if param_precision not in PARAM_PRECISIONS:
+        raise ValueError(f"Invalid param_precision: {param_precision!r}; expected one of {PARAM_PRECISIONS}")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.bfloat16 or torch.float32")
+    if seed is not None and not isinstance(seed, int):
+        raise ValueError(f"Invalid seed: {seed!r}; expected an int or None")
+    if param_precision == "nearest" and state_dtype is None and not stochastic_states and seed is None:
+        return {}
+    return dict(param_precision=param_precision, state_dtype=STATE_DTYPES[state_dtype],
+                stochastic_states=bool(stochastic_states),
+                seed=torch.initial_seed() if seed is None else seed)
+
+
+def is_default(group):
+    return (group.get("param_precision", "nearest") == "nearest" and group.get("state_dtype") is None
+            and not group.get("stochastic_states", False))
+
+
+def mode(group, dtype):
+    """The param_precision that applies to params of `dtype` in this group."""
+    wanted = group.get("param_precision", "nearest")
+    return wanted if dtype in LOW else "nearest"
+
+
+def state_dtype(group, p):
+    """The dtype of p's optimizer states in this group."""
+    if p.dtype not in (torch.float32,) + LOW:
+        return p.dtype
+    named = group.get("state_dtype")
+    if named is not None:
+        return getattr(torch, named)
+    return torch.float32 if mode(group, p.dtype) == "master" else p.dtype
+
+
+def zeros(group, p):
+    """A new state tensor for p (a DTensor for a DTensor p), in the group's state dtype."""
+    return torch.zeros_like(p, dtype=state_dtype(group, p), memory_format=torch.preserve_format)
+
+
+def draws_bits(group, p):
+    """Whether stochastic rounding draws random bits for p: its param or its states are rounded so."""
+    return mode(group, p.dtype) == "stochastic" or (group.get("stochastic_states", False)
+                                                    and state_dtype(group, p) in LOW)
+
+
+def gather(optimizer, group, params, lists, state_keys):
+    """Adds the bucket's low-precision lists and op arguments to `lists`
+    (from the optimizer's _gather): the states converted to the group's state
+    dtype (a torch.optim state dict loads as the params' dtype), master params
+    or residuals, the ids and index maps stochastic rounding keys its bits by.
+    state_keys maps each state list of `lists` to its state key."""
+    dtype = params[0].dtype
+    which = mode(group, dtype)
+    for key, state_key in state_keys.items():
+        for i, p in enumerate(params):
+            if i >= len(lists[key]):
+                break
+            wanted = state_dtype(group, p)
+            # Only the cast of torch.optim's load_state_dict is undone; any other
+            # dtype is left for the op to refuse.
+            if wanted != p.dtype and lists[key][i].dtype == p.dtype:
+                lists[key][i] = optimizer.state[p][state_key] = lists[key][i].to(wanted)
+    companions = []
+    if which == "master":
+        for p in params:
+            state = optimizer.state[p]
+            if "master_param" not in state:
+                state["master_param"] = p.detach().clone(memory_format=torch.preserve_format).float()
+            companions.append(state["master_param"])
+    elif which == "compensated":
+        for p in params:
+            state = optimizer.state[p]
+            if "param_residual" not in state:
+                state["param_residual"] = torch.zeros_like(p, dtype=torch.bfloat16,
+                                                           memory_format=torch.preserve_format)
+            companions.append(state["param_residual"])
+    lists["companions"] = companions
+    args = {}
+    p = params[0]
+    default_states = torch.float32 if which == "master" else dtype
+    effective = state_dtype(group, p)
+    random = draws_bits(group, p)
+    if which != "nearest" or effective != dtype or random:
+        args = dict(param_precision=which, state_dtype=effective if effective != default_states else None,
+                    stochastic_states=random and effective in LOW,
+                    seed=int(group.setdefault("seed", torch.initial_seed())) & (2**63 - 1))
+        if random:
+            if "state_steps" not in lists:  # SGD keeps no step count: one for the keys (state "step")
+                lists["state_steps"] = [optimizer.state[q].setdefault("step", torch.tensor(0.0)) for q in params]
+            ids = optimizer._rng_ids()
+            args["rng_ids"] = [ids[id(q)] for q in params]
+            if _dtensor.is_dtensor(p):
+                args["index_map"] = [n for q in params for n in _dtensor.index_map(q)]
+    lists["precision"] = args
+    return lists
+
+
+def restore_dtypes(optimizer, saved_state):
+    """torch.optim's load_state_dict casts every state to its param's dtype;
+    a master param (float32) and a residual (bfloat16) keep their own."""
+    ids = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, state in saved_state.items():
+        if not isinstance(index, int) or index >= len(ids):
+            continue
+        p = ids[index]
+        for key in ("master_param", "param_residual"):
+            if key in state and key in optimizer.state.get(p, {}):
+                optimizer.state[p][key] = state[key].to(device=optimizer.state[p][key].device)
