@@ -130,12 +130,17 @@ def gather(optimizer, group, params, lists, state_keys):
 
 def restore_dtypes(optimizer, saved_state):
     """torch.optim's load_state_dict casts every state to its param's dtype;
-    a master param (float32) and a residual (bfloat16) keep their own."""
-    ids = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, state in saved_state.items():
-        if not isinstance(index, int) or index >= len(ids):
+    states kept in another dtype by the group's options (float32 masters,
+    bfloat16 residuals, bfloat16 or float32 states) get their saved values back."""
+    params = [(p, group) for group in optimizer.param_groups for p in group["params"]]
+    for index, saved in saved_state.items():
+        if not isinstance(index, int) or index >= len(params):
             continue
-        p = ids[index]
-        for key in ("master_param", "param_residual"):
-            if key in state and key in optimizer.state.get(p, {}):
-                optimizer.state[p][key] = state[key].to(device=optimizer.state[p][key].device)
+        p, group = params[index]
+        state = optimizer.state.get(p, {})
+        wanted = {"master_param": torch.float32, "param_residual": torch.bfloat16}
+        for key, value in saved.items():
+            if key == "step" or key not in state or not torch.is_tensor(value):
+                continue
+            if value.dtype == wanted.get(key, state_dtype(group, p)) and value.dtype != state[key].dtype:
+                state[key] = value.to(device=state[key].device)

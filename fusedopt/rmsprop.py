@@ -1,4 +1,3 @@
-import torch
 
 from . import reference
 from . import _precision

@@ -150,6 +150,24 @@ def case_fsdp2_bf16_mixed_precision():
     assert_same(ours, our_model, theirs, torch_model)
 
 
+def case_fsdp2_stochastic_rounding_any_world_size():
+    """bf16 params rounded stochastically give the same bits sharded over 2
+    ranks (uneven shards) as unsharded: the bits are drawn by each element's
+    index in the whole tensor."""
+    opts = dict(lr=0.01, param_precision="stochastic", state_dtype=torch.bfloat16, stochastic_states=True, seed=5)
+    sharded = _shard(_model(dtype=torch.bfloat16))
+    opt = fusedopt.AdamW(sharded.parameters(), **opts)
+    _train(sharded, opt, STEPS)
+    whole = _model(dtype=torch.bfloat16)
+    whole_opt = fusedopt.AdamW(whole.parameters(), **opts)
+    _train(whole, whole_opt, STEPS)
+    for i, (a, b) in enumerate(zip(sharded.parameters(), whole.parameters())):
+        assert torch.equal(a.detach().full_tensor().view(torch.int16), b.detach().view(torch.int16)), i
+        for key in ("exp_avg", "exp_avg_sq"):
+            x, y = opt.state[a][key].full_tensor(), whole_opt.state[b][key]
+            assert torch.equal(x.view(torch.int16), y.view(torch.int16)), (i, key)
+
+
 def case_hsdp_2d_mesh():
     mesh = init_device_mesh(DEVICE, (1, dist.get_world_size()), mesh_dim_names=("replicate", "shard"))
     results = []
@@ -382,6 +400,7 @@ TWO_RANK_CASES = {
     "fsdp2-clip-grad-norm": lambda out: case_fsdp2_clip_grad_norm(),
     "fsdp2-amp-grad-scaler": lambda out: case_fsdp2_amp_grad_scaler(),
     "fsdp2-bf16-mixed-precision": lambda out: case_fsdp2_bf16_mixed_precision(),
+    "fsdp2-stochastic-rounding-any-world-size": lambda out: case_fsdp2_stochastic_rounding_any_world_size(),
     "hsdp-2d-mesh": lambda out: case_hsdp_2d_mesh(),
     "tensor-parallel-placements": lambda out: case_tensor_parallel_placements(),
     "errors-leave-everything-unchanged": lambda out: case_errors_leave_everything_unchanged(),
