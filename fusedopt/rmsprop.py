@@ -1,6 +1,4 @@
-
-from . import reference
-from . import _precision
+from . import _precision, reference
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters, new_step
 
 

@@ -1,8 +1,7 @@
 import torch
 from torch.optim.sgd import sgd as torch_sgd
 
-from . import reference
-from . import _precision
+from . import _precision, reference
 from .optimizer import FusedOptimizer, as_float, check_common_flags, check_hyperparameters
 
 
