@@ -115,7 +115,7 @@ def gather(optimizer, group, params, lists, state_keys):
     random = draws_bits(group, p)
     if which != "nearest" or effective != dtype or random:
         args = dict(param_precision=which, state_dtype=effective if effective != default_states else None,
-                    stochastic_states=random and effective in LOW,
+                    stochastic_states=bool(group.get("stochastic_states", False)) and effective in LOW,
                     seed=int(group.setdefault("seed", torch.initial_seed())) & (2**63 - 1))
         if random:
             if "state_steps" not in lists:  # SGD keeps no step count: one for the keys (state "step")

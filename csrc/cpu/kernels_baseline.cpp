@@ -1,6 +1,7 @@
 // The CPU kernels built for the baseline instruction set (see kernels_impl.h).
 // Every header is included before the target pragma, so only code defined in
 // kernels_impl.h is compiled for this ISA.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>

@@ -12,6 +12,7 @@
 #error "kernels_impl.h is included by kernels_<isa>.cpp with FUSEDOPT_ISA set"
 #endif
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -168,25 +169,40 @@ FUSEDOPT_ALWAYS_INLINE void narrow(const float* src, T* dst, int n) {
   for (; i < n; ++i) dst[i] = from_math<T>(src[i]);
 }
 
+// math::random_bits for the n consecutive counters first, first + 1, ...:
+// while their high halves agree (all but one run in 2^32), the same hash on
+// 32-bit lanes only, which vectorizes.
+FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, uint32_t* out) {
+  const uint32_t low = static_cast<uint32_t>(first);
+  if (static_cast<uint64_t>(low) + static_cast<uint64_t>(n) > (uint64_t{1} << 32)) {
+    for (int i = 0; i < n; ++i) out[i] = math::random_bits(key, first + static_cast<uint64_t>(i));
+    return;
+  }
+  const uint32_t key_low = static_cast<uint32_t>(key);
+  const uint32_t second = static_cast<uint32_t>(first >> 32) ^ static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u;
+  for (int i = 0; i < n; ++i) {
+    out[i] = math::mix32(math::mix32((low + static_cast<uint32_t>(i)) ^ key_low) ^ second);
+  }
+}
+
 // Stochastic rounding's random bits for elements [begin, begin + n) of
-// tensor t in stream `key`, drawn by each element's index in the whole tensor.
+// tensor t in stream `key`, drawn by each element's index in the whole
+// tensor: runs of consecutive indices, cut where a shard's row ends.
 FUSEDOPT_ALWAYS_INLINE void random_block(const TensorLists& l, int64_t t, int64_t begin, int n, uint64_t key,
                                          uint32_t* out) {
-  alignas(64) uint64_t index[kBlock];
   if (l.storage.index == nullptr) {
-    for (int i = 0; i < n; ++i) index[i] = static_cast<uint64_t>(begin + i);
-  } else {
-    const IndexMap m = l.storage.index[t];
-    int64_t row = begin / m.row_local, column = begin % m.row_local;
-    for (int i = 0; i < n; ++i) {
-      index[i] = static_cast<uint64_t>(m.base + row * m.row_global + column);
-      if (++column == m.row_local) {
-        column = 0;
-        ++row;
-      }
-    }
+    random_run(key, static_cast<uint64_t>(begin), n, out);
+    return;
   }
-  for (int i = 0; i < n; ++i) out[i] = math::random_bits(key, index[i]);
+  const IndexMap m = l.storage.index[t];
+  int64_t row = begin / m.row_local, column = begin % m.row_local;
+  for (int done = 0; done < n;) {
+    const int run = static_cast<int>(std::min<int64_t>(m.row_local - column, n - done));
+    random_run(key, static_cast<uint64_t>(m.base + row * m.row_global + column), run, out + done);
+    done += run;
+    column = 0;
+    ++row;
+  }
 }
 
 // The stream key of state slot k (k = 0: the param) of tensor t at this step.
@@ -195,7 +211,22 @@ FUSEDOPT_ALWAYS_INLINE uint64_t slot_key(const TensorLists& l, int64_t t, int k)
 }
 
 FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, BFloat16* dst, const uint32_t* random, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = BFloat16{math::bf16_stochastic(src[i], random[i])};
+  int i = 0;
+#if defined(FUSEDOPT_AVX2_F16C)
+  // math::bf16_stochastic 8 lanes at a time, packed as narrow() packs.
+  const __m256i low16 = _mm256_set1_epi32(0xFFFF), nan = _mm256_set1_epi32(0x7FC0);
+  const auto round = [&](__m256 x, __m256i r) {
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x), _mm256_and_si256(r, low16)), 16);
+    return _mm256_blendv_epi8(nan, rounded, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
+  };
+  for (; i + 16 <= n; i += 16) {
+    const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(random + i));
+    const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(random + i + 8));
+    const __m256i packed = _mm256_packus_epi32(round(_mm256_loadu_ps(src + i), r0), round(_mm256_loadu_ps(src + i + 8), r1));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permute4x64_epi64(packed, 0xD8));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = BFloat16{math::bf16_stochastic(src[i], random[i])};
 }
 FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, Half* dst, const uint32_t* random, int n) {
   for (int i = 0; i < n; ++i) dst[i] = Half{math::fp16_stochastic(src[i], random[i])};
