@@ -15,13 +15,18 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 CUDA_CHECK := build/cuda-check
 
-.PHONY: test bench build clean cuda-check sanitize
+.PHONY: test bench build clean cuda-check fuzz sanitize
 
 test: $(BUILT)
 	$(PY) -m pytest -q tests
 
 bench: $(BUILT)
 	$(PY) -m benchmarks
+
+# The property tests with many random examples (make test runs a fixed,
+# bounded set); about 5 minutes on 2 cores.
+fuzz: $(BUILT)
+	FUSEDOPT_FUZZ_EXAMPLES=$${FUSEDOPT_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_properties.py
 
 build: $(BUILT)
 
