@@ -37,6 +37,12 @@ def parse_args(argv):
     p.add_argument("--out-dir", default="bench-results", help="where results.json and results.png go")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
     p.add_argument("--train", action="store_true", help="run the end-to-end training demo instead")
+    p.add_argument("--train-precision", action="store_true",
+                   help="run the low-precision training comparison instead (bfloat16 params and states "
+                        "under each param_precision against float32; more options: "
+                        "python -m benchmarks.train_precision --help)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps for --train and --train-precision (default 300)")
     return p.parse_args(argv)
 
 
@@ -47,9 +53,14 @@ def fail(message):
 
 def main(argv=None):
     args = parse_args(argv)
+    steps = [] if args.steps is None else ["--steps", str(args.steps)]
     if args.train:
         from examples import train_compare
-        train_compare.main(["--out-dir", args.out_dir])
+        train_compare.main(["--out-dir", args.out_dir] + steps)
+        return 0
+    if args.train_precision:
+        from . import train_precision
+        train_precision.main(["--out-dir", args.out_dir] + steps + (["--no-chart"] if args.no_chart else []))
         return 0
     algorithms = [a for a in args.algorithms.split(",") if a]
     unknown = [a for a in algorithms if a not in ALGORITHMS]

@@ -38,12 +38,50 @@ class Implementation:
         return None
 
 
-def _fusedopt(backend):
+def _fusedopt(backend, **precision):
     def make(cls_name, params, opts, probe_only=False):
         if probe_only:
             return True
-        return getattr(fusedopt, cls_name)(params, **opts, backend=backend)
+        return getattr(fusedopt, cls_name)(params, **opts, backend=backend, **precision)
     return make
+
+
+# fusedopt's low-precision modes (docs/precision.md): what they store beside a
+# 16-bit param; on float32 params only "bf16-states" changes anything.
+PRECISION_MODES = {
+    "fusedopt stochastic": dict(param_precision="stochastic"),
+    "fusedopt compensated": dict(param_precision="compensated"),
+    "fusedopt master": dict(param_precision="master"),
+    "fusedopt bf16-states": dict(state_dtype=torch.bfloat16, stochastic_states=True),
+    "fusedopt sr+bf16-states": dict(param_precision="stochastic", state_dtype=torch.bfloat16,
+                                    stochastic_states=True),
+}
+
+
+def _torchao_sr(cls_name, params, opts, probe_only=False):
+    """torchao's AdamW with bfloat16 stochastic rounding of the params."""
+    if cls_name not in ("Adam", "AdamW"):
+        return None
+    from torchao.optim import _AdamW
+    if probe_only:
+        return True
+    weight_decay = opts.get("weight_decay", 0.0 if cls_name == "Adam" else 1e-2)
+    return _AdamW(params, lr=opts.get("lr", 1e-3), weight_decay=weight_decay, bf16_stochastic_round=True)
+
+
+def _optimi_kahan(cls_name, params, opts, probe_only=False):
+    """optimi with Kahan-compensated bfloat16 params (a bfloat16 residual per param)."""
+    if cls_name not in ("Adam", "AdamW", "SGD"):
+        return None
+    import optimi
+    if probe_only:
+        return True
+    options = dict(opts)
+    if cls_name != "SGD":
+        options.setdefault("betas", (0.9, 0.999))
+        options.setdefault("eps", 1e-8)
+        options.setdefault("weight_decay", 0.0 if cls_name == "Adam" else 1e-2)
+    return getattr(optimi, cls_name)(params, kahan_sum=True, foreach=False, **options)
 
 
 def _torch(flavour):
@@ -113,14 +151,22 @@ IMPLEMENTATIONS = [
     Implementation("deepspeed fused-adam", _deepspeed_fused_adam, devices=("cuda",), module="deepspeed"),
     Implementation("apex fused", _apex, devices=("cuda",), module="apex"),
     Implementation("bitsandbytes 32-bit", _bitsandbytes, devices=("cuda",), module="bitsandbytes"),
+    *[Implementation(name, _fusedopt("native", **precision)) for name, precision in PRECISION_MODES.items()],
+    Implementation("torchao sr", _torchao_sr, module="torchao"),
+    Implementation("optimi kahan", _optimi_kahan, module="optimi"),
 ]
 
 TORCH_IMPLEMENTATIONS = ("torch for-loop", "torch foreach", "torch fused")
 
 
+# Run when --implementations is not given; the low-precision modes and their
+# peers are asked for by name (with --dtype bfloat16, see docs/precision.md).
+LOW_PRECISION = tuple(PRECISION_MODES) + ("torchao sr", "optimi kahan")
+
+
 def by_name(names=None):
     if names is None:
-        return list(IMPLEMENTATIONS)
+        return [impl for impl in IMPLEMENTATIONS if impl.name not in LOW_PRECISION]
     known = {impl.name: impl for impl in IMPLEMENTATIONS}
     unknown = [n for n in names if n not in known]
     if unknown:

@@ -1,6 +1,7 @@
 """The benchmark suite runs, writes every row, and its correctness column
 catches a wrong implementation. (It never asserts timings.)"""
 import json
+import math
 import os
 import sys
 
@@ -21,7 +22,7 @@ def test_runs_and_writes_every_row(tmp_path, capsys):
                             "--out-dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["machine"]["torch"] == torch.__version__
-    names = [impl.name for impl in implementations.IMPLEMENTATIONS] + [LIMIT]
+    names = [impl.name for impl in implementations.by_name()] + [LIMIT]
     seen = {(r["algorithm"], r["layout"].split()[0], r["implementation"]) for r in data["rows"]}
     for algorithm in ("adam", "sgd-nesterov", "rmsprop"):
         for layout in ("large", "small"):
@@ -98,3 +99,15 @@ def test_memory_report_runs():
     data_mib, added_mib = memory.measure("adam", [(4096,)] * 10, steps=3)
     assert data_mib == 4096 * 10 * 4 * 4 / 2**20
     assert added_mib >= 0
+
+
+def test_train_precision_comparison_runs(tmp_path):
+    """The low-precision training comparison, cut to a few steps and two
+    modes beside the baseline: it trains, evaluates, and writes its files."""
+    from benchmarks import train_precision
+    train_precision.main(["--steps", "3", "--batch", "8", "--eval-batches", "1", "--only", "bf16-stochastic,bf16-master",
+                          "--out-dir", str(tmp_path), "--no-chart"])
+    data = json.loads((tmp_path / "train_precision.json").read_text())
+    assert [r["key"] for r in data["results"]] == ["fp32", "bf16-stochastic", "bf16-master"]
+    for result in data["results"]:
+        assert len(result["losses"]) == 3 and all(math.isfinite(x) for x in result["losses"])

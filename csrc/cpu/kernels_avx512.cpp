@@ -20,6 +20,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #define FUSEDOPT_ISA avx512
 #define FUSEDOPT_ISA_NAME "avx512"
+#define FUSEDOPT_DIRECT_BF16 1
 #define FUSEDOPT_AVX2_F16C 1  // float16 via vcvtph2ps/vcvtps2ph, bfloat16 rounded with AVX2 intrinsics
 #include "kernels_impl.h"
 #pragma GCC pop_options
