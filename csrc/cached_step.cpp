@@ -45,6 +45,8 @@ class CachedLists {
       state_dtype_ = at::kBFloat16;
     } else if (state_dtype == "float32") {
       state_dtype_ = at::kFloat;
+    } else if (state_dtype == "uint8") {
+      state_dtype_ = at::kByte;  // blockwise 8-bit
     } else {
       FUSEDOPT_CHECK(state_dtype.empty(), "fusedopt: unknown state dtype '", state_dtype, "'");
     }

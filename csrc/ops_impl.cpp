@@ -157,6 +157,8 @@ void adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
       {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
       grad_scale.has_value());
   check_bias_correction("adam_", "beta1", beta1);
+  Precision::quant_slots(prepared, {cpu::Quant::kSigned, cpu::Quant::kUnsigned,
+                                    amsgrad ? cpu::Quant::kUnsigned : cpu::Quant::kNone});
   const StepInputs in("adam_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
   precision.apply("adam_", prepared, in.host_steps(), in.device_steps());
@@ -187,6 +189,7 @@ void sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_bu
   FUSEDOPT_CHECK(!has_momentum || first_step.size() == params.size(), "fusedopt.sgd_: first_step has ",
               first_step.size(), " entries for ", params.size(), " params");
   FUSEDOPT_CHECK(!nesterov || has_momentum, "fusedopt.sgd_: nesterov requires a nonzero momentum");
+  Precision::quant_slots(prepared, {has_momentum ? cpu::Quant::kSigned : cpu::Quant::kNone});
   const StepInputs in("sgd_", k, prepared, params, state_steps, !state_steps.empty(), lr, lr_tensor, grad_scale,
                       found_inf);
   if (in.skip()) return;
@@ -213,6 +216,7 @@ void adagrad(at::TensorList params, at::TensorList grads, at::TensorList state_s
                       companions);
   PreparedLists prepared =
       precision.prepare("adagrad_", on.type, params, grads, {{"state_sums", state_sums}}, grad_scale.has_value());
+  Precision::quant_slots(prepared, {cpu::Quant::kUnsigned});
   const StepInputs in("adagrad_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
   precision.apply("adagrad_", prepared, in.host_steps(), in.device_steps());
@@ -247,6 +251,8 @@ void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_
                                               {"momentum_buffers", momentum_buffers, has_momentum},
                                               {"grad_avgs", grad_avgs, centered}},
                                              grad_scale.has_value());
+  Precision::quant_slots(prepared, {cpu::Quant::kUnsigned, has_momentum ? cpu::Quant::kSigned : cpu::Quant::kNone,
+                                    centered ? cpu::Quant::kSigned : cpu::Quant::kNone});
   const StepInputs in("rmsprop_", k, prepared, params, state_steps, true, lr, lr_tensor, grad_scale, found_inf);
   if (in.skip()) return;
   precision.apply("rmsprop_", prepared, in.host_steps(), in.device_steps());

@@ -28,9 +28,10 @@ Precision::Precision(const char* op, c10::string_view param_precision, std::opti
     FUSEDOPT_CHECK_VALUE(param_precision == "nearest", "fusedopt.", op, ": param_precision must be 'nearest', ",
                          "'stochastic', 'compensated' or 'master', got '", std::string(param_precision), "'");
   }
-  FUSEDOPT_CHECK_VALUE(!state_dtype.has_value() || *state_dtype == at::kBFloat16 || *state_dtype == at::kFloat,
-                       "fusedopt.", op, ": state_dtype must be bfloat16 or float32 (or None: the params'), got ",
-                       *state_dtype);
+  FUSEDOPT_CHECK_VALUE(!state_dtype.has_value() || *state_dtype == at::kBFloat16 || *state_dtype == at::kFloat ||
+                           *state_dtype == at::kByte,
+                       "fusedopt.", op, ": state_dtype must be bfloat16, float32 or uint8 (blockwise 8-bit), ",
+                       "or None (the params'), got ", *state_dtype);
 }
 
 PreparedLists Precision::prepare(const char* op, c10::DeviceType device, at::TensorList params,
@@ -66,6 +67,15 @@ PreparedLists Precision::prepare(const char* op, c10::DeviceType device, at::Ten
     dtypes.companion_dtype = at::kBFloat16;
   }
   return PreparedLists(op, device, params, grads, states, {}, grads_mutable, dtypes);
+}
+
+void Precision::quant_slots(PreparedLists& prepared, std::initializer_list<cpu::Quant> slots) {
+  cpu::TensorLists& l = prepared.lists();
+  if (l.storage.state_dtype != cpu::Dtype::kQuant8) return;
+  int k = 1;
+  for (cpu::Quant q : slots) {
+    if (q != cpu::Quant::kNone) l.storage.quant[k++] = q;
+  }
 }
 
 void Precision::apply(const char* op, PreparedLists& prepared, const std::vector<double>& host_steps,

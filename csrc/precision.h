@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <initializer_list>
 #include <optional>
 #include <vector>
 
@@ -24,6 +25,10 @@ class Precision {
   // The lists of a call: params (or the masters), grads, states, and the companion list.
   PreparedLists prepare(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads,
                         std::initializer_list<NamedList> states, bool grads_mutable) const;
+
+  // The code of each used state slot, in slot order, for 8-bit states
+  // (signed for momentum-like states, unsigned for squares and sums).
+  static void quant_slots(PreparedLists& prepared, std::initializer_list<cpu::Quant> slots);
 
   // Fills the lists' storage; host_steps: each tensor's step count after this
   // step's increment (stochastic rounding keys its bits by it).

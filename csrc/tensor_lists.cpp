@@ -61,6 +61,20 @@ void check_disjoint(const char* op, const char* a_name, const at::Tensor& a, con
                  "] share memory; a param, its grad and its states must be distinct tensors");
 }
 
+int64_t packed_bytes(int64_t numel) { return math::quant_blocks(numel) * math::kQuantBlockBytes; }
+
+// An 8-bit state of `param`: its codes and block absmaxes in one contiguous uint8 tensor.
+void check_packed(const char* op, const char* name, size_t i, const at::Tensor& t, const at::Tensor& param) {
+  FUSEDOPT_CHECK(t.defined() && t.layout() == at::kStrided, "fusedopt.", op, ": ", name, "[", i,
+                 "] is undefined or not strided");
+  FUSEDOPT_CHECK(t.device() == param.device(), "fusedopt.", op, ": ", name, "[", i, "] is on ", t.device(),
+                 " but its param is on ", param.device());
+  FUSEDOPT_CHECK(t.scalar_type() == at::kByte && t.is_contiguous() && t.numel() == packed_bytes(param.numel()),
+                 "fusedopt.", op, ": ", name, "[", i, "] must be an 8-bit state: a contiguous uint8 tensor of ",
+                 packed_bytes(param.numel()), " bytes for a param of ", param.numel(), " elements, got ",
+                 t.scalar_type(), " of ", t.numel());
+}
+
 // Read-only lists are read through const_data_ptr, which leaves a lazily
 // cloned (copy-on-write) tensor unmaterialized.
 template <class Operand>
@@ -144,7 +158,8 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
     FUSEDOPT_CHECK(s.tensors.size() == n, "fusedopt.", op, ": got ", n, " params but ", s.tensors.size(), " ",
                    s.name, s.tensors.empty() ? " (the options given need this state)" : "");
     const bool companion = &s == &lists.back() && dtypes.companion.used;
-    operands_.push_back({s.name, s.tensors, companion ? dtypes.companion_dtype : dtypes.states, true});
+    const std::optional<at::ScalarType> dtype = companion ? dtypes.companion_dtype : dtypes.states;
+    operands_.push_back({s.name, s.tensors, dtype, true, !companion && dtype == at::kByte});
   }
   const size_t state_end = operands_.size() - (dtypes.companion.used ? 1 : 0);
   FUSEDOPT_CHECK(state_end - first_state + 1 <= cpu::kMaxStates, "fusedopt.", op, ": too many state lists");
@@ -181,8 +196,11 @@ PreparedLists::PreparedLists(const char* op, c10::DeviceType device, at::TensorL
   lists_.states[0] = pointers_[0].data();
   for (size_t k = first_state; k < state_end; ++k) lists_.states[k - first_state + 1] = pointers_[k].data();
   if (dtypes.companion.used) lists_.storage.companions = pointers_[operands_.size() - 1].data();
-  lists_.storage.state_dtype = n > 0 ? kernel_dtype(op, dtypes.states.value_or(params[0].scalar_type()))
-                                     : lists_.dtype;
+  const std::optional<at::ScalarType> state_type = dtypes.states;
+  lists_.storage.state_dtype = state_type == at::kByte ? cpu::Dtype::kQuant8
+                               : n > 0 ? kernel_dtype(op, state_type.value_or(params[0].scalar_type()))
+                                       : lists_.dtype;
+  if (lists_.storage.state_dtype == cpu::Dtype::kQuant8) lists_.align = math::kQuantBlock;
 }
 
 // The common case, tested cheaply: a dense float param of the expected
@@ -205,6 +223,18 @@ bool PreparedLists::dense(size_t i) const {
     const at::Tensor& tensor = operands_[k].tensors[i];
     if (!tensor.defined()) return false;
     const c10::TensorImpl* t = tensor.unsafeGetTensorImpl();
+    if (operands_[k].packed) {
+      if (t->layout() != at::kStrided || t->dtype() != caffe2::TypeMeta::Make<uint8_t>() ||
+          t->device() != p->device() || !t->is_contiguous() || t->numel() != packed_bytes(p->numel())) {
+        return false;
+      }
+      c10::StorageImpl* storage = storage_of(t);
+      for (size_t j = 0; j < k; ++j) {
+        if (storages[j] == storage) return false;
+      }
+      storages[k] = storage;
+      continue;
+    }
     const caffe2::TypeMeta expected =
         operands_[k].dtype.has_value() ? caffe2::TypeMeta::fromScalarType(*operands_[k].dtype) : dtype;
     if (t->layout() != at::kStrided || t->dtype() != expected || t->device() != p->device() ||
@@ -242,7 +272,11 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, size_
   }
   for (size_t k = 0; k < operands_.size(); ++k) {
     const Operand& o = operands_[k];
-    if (k > 0) check_like_param(op, o.name, i, o.tensors[i], param, o.dtype);
+    if (o.packed) {
+      check_packed(op, o.name, i, o.tensors[i], param);
+    } else if (k > 0) {
+      check_like_param(op, o.name, i, o.tensors[i], param, o.dtype);
+    }
     if (o.mutated) check_writable(op, o.name, i, o.tensors[i]);
   }
   // Read-only inputs may share memory with each other (classic's dw and dr),
@@ -262,6 +296,10 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, size_
   // Not dense with one layout: walk contiguous copies, written back in finish().
   for (size_t k = 0; k < operands_.size(); ++k) {
     const at::Tensor& t = operands_[k].tensors[i];
+    if (operands_[k].packed) {  // contiguous, checked above
+      pointers_[k][i] = t.data_ptr();
+      continue;
+    }
     copies_.push_back(t.contiguous());
     if (operands_[k].mutated && !t.is_contiguous()) write_back_.emplace_back(t, copies_.back());
     pointers_[k][i] = pointer(operands_[k], copies_.back());

@@ -27,7 +27,7 @@ struct NamedList {
 // low-precision modes; the defaults are torch's).
 struct ListDtypes {
   std::optional<at::ScalarType> grads;   // default: the params'
-  std::optional<at::ScalarType> states;  // default: the params'
+  std::optional<at::ScalarType> states;  // default: the params'; uint8: blockwise 8-bit (packed, see below)
   // A list written beside the params (cpu::Storage::companions): the
   // residuals of compensated params, or the 16-bit params of float32 masters.
   NamedList companion{"companions", {}, false};
@@ -40,7 +40,9 @@ class PreparedLists {
   // functor; those not `used` are skipped. Every tensor must be on `device`,
   // share the params' shape and dtype (or the dtype `dtypes` names for its
   // list), be strided, and share no memory with the other operands of its
-  // param. A tensor whose operands are not dense with one common layout is
+  // param. An 8-bit state (dtypes.states uint8) is instead one contiguous
+  // uint8 tensor of math::quant_blocks(numel) * math::kQuantBlockBytes bytes
+  // (codes, then block absmaxes). A tensor whose operands are not dense with one common layout is
   // walked through contiguous copies that finish() writes back, so no update
   // is lost. reg_grads (fusedopt.classic's dr), when not empty, is a second
   // read-only list checked like grads. grads_mutable: the kernel writes the
@@ -63,6 +65,7 @@ class PreparedLists {
     at::TensorList tensors;
     std::optional<at::ScalarType> dtype;
     bool mutated;
+    bool packed = false;  // an 8-bit state: bytes of codes and absmaxes, not the param's shape
   };
   static constexpr int kMaxOperands = cpu::kMaxStates + 3;  // + grads, reg_grads, companion
 

@@ -9,6 +9,7 @@ fusedopt.info() tells what this installation runs.
 """
 from . import classic, reference
 from ._native import info, set_cpu_isa
+from ._precision import dequantized_state_dict
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .rmsprop import RMSprop
@@ -16,4 +17,5 @@ from .sgd import SGD
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "classic", "info", "reference", "set_cpu_isa"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "classic", "dequantized_state_dict", "info", "reference",
+           "set_cpu_isa"]

@@ -8,7 +8,9 @@
                        "master"       a float32 master copy (state "master_param",
                                       +4 bytes), the param written from it each step
     state_dtype        the optimizer states' dtype: None (the param's, as torch; float32
-                       beside a master), torch.bfloat16 or torch.float32
+                       beside a master), torch.bfloat16, torch.float32, or "8bit":
+                       blockwise 8-bit states (docs/quantized.md) for params of at
+                       least quantize_threshold elements (default 4096)
     stochastic_states  bfloat16 states rounded stochastically too
     seed               stochastic rounding's seed; None: torch.initial_seed(), so it
                        follows torch.manual_seed
@@ -19,29 +21,39 @@ state_dtype applies to float32, bfloat16 and float16 params.
 import torch
 
 from . import _dtensor
+from .reference import quantized as quantized_ref
 
 PARAM_PRECISIONS = ("nearest", "stochastic", "compensated", "master")
 STATE_DTYPES = {None: None, torch.bfloat16: "bfloat16", torch.float32: "float32", "bfloat16": "bfloat16",
-                "float32": "float32"}
+                "float32": "float32", "8bit": "8bit", torch.uint8: "8bit"}
+QUANTIZE_THRESHOLD = 4096
 LOW = (torch.bfloat16, torch.float16)
 GROUP_DEFAULTS = dict(param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None)
 
 
-def defaults(param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
+def defaults(param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None,
+             quantize_threshold=None):
     """The group entries of the options, checked (ValueError names the bad one);
     none at all for torch's behaviour, so that defaults, param_groups and
     state dicts are then exactly torch.optim's."""
     if param_precision not in PARAM_PRECISIONS:
         raise ValueError(f"Invalid param_precision: {param_precision!r}; expected one of {PARAM_PRECISIONS}")
     if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.bfloat16 or torch.float32")
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.bfloat16, torch.float32 or '8bit'")
     if seed is not None and not isinstance(seed, int):
         raise ValueError(f"Invalid seed: {seed!r}; expected an int or None")
+    if quantize_threshold is not None and (STATE_DTYPES[state_dtype] != "8bit" or not isinstance(
+            quantize_threshold, int) or quantize_threshold < 0):
+        raise ValueError(f"Invalid quantize_threshold: {quantize_threshold!r}; a whole number >= 0, "
+                         "for state_dtype='8bit'")
     if param_precision == "nearest" and state_dtype is None and not stochastic_states and seed is None:
         return {}
-    return dict(param_precision=param_precision, state_dtype=STATE_DTYPES[state_dtype],
-                stochastic_states=bool(stochastic_states),
-                seed=torch.initial_seed() if seed is None else seed)
+    options = dict(param_precision=param_precision, state_dtype=STATE_DTYPES[state_dtype],
+                   stochastic_states=bool(stochastic_states),
+                   seed=torch.initial_seed() if seed is None else seed)
+    if options["state_dtype"] == "8bit":
+        options["quantize_threshold"] = QUANTIZE_THRESHOLD if quantize_threshold is None else quantize_threshold
+    return options
 
 
 def is_default(group):
@@ -55,19 +67,39 @@ def mode(group, dtype):
     return wanted if dtype in LOW else "nearest"
 
 
+def quantized(group, p):
+    """Whether p's states are blockwise 8-bit (uint8 codes and block absmaxes)."""
+    return (group.get("state_dtype") == "8bit" and p.dtype in (torch.float32,) + LOW
+            and p.numel() >= group.get("quantize_threshold", QUANTIZE_THRESHOLD))
+
+
 def state_dtype(group, p):
-    """The dtype of p's optimizer states in this group."""
+    """The dtype of p's optimizer states in this group (torch.uint8: 8-bit)."""
     if p.dtype not in (torch.float32,) + LOW:
         return p.dtype
+    if quantized(group, p):
+        return torch.uint8
     named = group.get("state_dtype")
-    if named is not None:
+    if named is not None and named != "8bit":
         return getattr(torch, named)
     return torch.float32 if mode(group, p.dtype) == "master" else p.dtype
 
 
 def zeros(group, p):
     """A new state tensor for p (a DTensor for a DTensor p), in the group's state dtype."""
-    return torch.zeros_like(p, dtype=state_dtype(group, p), memory_format=torch.preserve_format)
+    dtype = state_dtype(group, p)
+    if dtype == torch.uint8:
+        if _dtensor.is_dtensor(p):
+            raise ValueError("fusedopt: 8-bit states are not supported for DTensor (FSDP2) params yet")
+        return torch.zeros(quantized_ref.packed_bytes(p.numel()), dtype=torch.uint8, device=p.device)
+    return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def full(group, p, value, signed):
+    """A new state tensor for p filled with value (Adagrad's initial sum)."""
+    if state_dtype(group, p) == torch.uint8:
+        return quantized_ref.quantize(torch.full(p.shape, float(value), device=p.device), signed)
+    return torch.full_like(p, value, dtype=state_dtype(group, p), memory_format=torch.preserve_format)
 
 
 def draws_bits(group, p):
@@ -89,10 +121,14 @@ def gather(optimizer, group, params, lists, state_keys):
             if i >= len(lists[key]):
                 break
             wanted = state_dtype(group, p)
+            value = lists[key][i]
             # Only the cast of torch.optim's load_state_dict is undone; any other
             # dtype is left for the op to refuse.
-            if wanted != p.dtype and lists[key][i].dtype == p.dtype:
-                lists[key][i] = optimizer.state[p][state_key] = lists[key][i].to(wanted)
+            if wanted == torch.uint8 and value.is_floating_point() and value.shape == p.shape:
+                signed = state_key not in optimizer._unsigned_states
+                lists[key][i] = optimizer.state[p][state_key] = quantized_ref.quantize(value, signed)
+            elif wanted != p.dtype and wanted != torch.uint8 and value.dtype == p.dtype:
+                lists[key][i] = optimizer.state[p][state_key] = value.to(wanted)
     companions = []
     if which == "master":
         for p in params:
@@ -144,3 +180,19 @@ def restore_dtypes(optimizer, saved_state):
                 continue
             if value.dtype == wanted.get(key, state_dtype(group, p)) and value.dtype != state[key].dtype:
                 state[key] = value.to(device=state[key].device)
+
+
+def dequantized_state_dict(optimizer):
+    """optimizer.state_dict() with every 8-bit state as a float32 tensor of its
+    param's shape: what torch.optim (or an optimizer without 8-bit states)
+    loads. The other direction needs nothing: an 8-bit optimizer quantizes
+    the float states of a loaded state dict at its next step."""
+    state_dict = optimizer.state_dict()
+    params = [(p, group) for group in optimizer.param_groups for p in group["params"]]
+    for index, state in state_dict["state"].items():
+        p, group = params[index]
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.dtype == torch.uint8 and key != "step":
+                signed = key not in optimizer._unsigned_states
+                state[key] = quantized_ref.dequantize(value, p.shape, signed)
+    return state_dict

@@ -16,19 +16,23 @@ class Adagrad(FusedOptimizer):
     _element_lists = ("params", "grads", "state_sums")
     _state_lists = ("state_sums",)
     _state_keys = {"state_sums": "sum"}
+    _unsigned_states = ("sum",)
+    _state_signs = (False,)
     _op_lists = _element_lists + ("state_steps", "companions")
     _setstate_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
-                 backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
+                 backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None,
+                 quantize_threshold=None):
         check_hyperparameters(lr, lr_decay=lr_decay, weight_decay=weight_decay,
                               initial_accumulator_value=initial_accumulator_value, eps=eps)
         check_common_flags(type(self).__name__, foreach, fused, differentiable)
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, fused=fused,
-                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed,
+                                              quantize_threshold=quantize_threshold))
         super().__init__(params, defaults, backend)
         for group in self.param_groups:
             for p in group["params"]:
@@ -39,8 +43,7 @@ class Adagrad(FusedOptimizer):
         state["step"] = new_step()
         value = group["initial_accumulator_value"]
         value = complex(value, value) if torch.is_complex(p) else value
-        state["sum"] = torch.full_like(p, value, dtype=_precision.state_dtype(group, p),
-                                       memory_format=torch.preserve_format)
+        state["sum"] = _precision.full(group, p, value, signed=False)
 
     def share_memory(self):
         """Calls tensor.share_memory_() on the state sum tensors."""

@@ -37,13 +37,16 @@ class Adam(FusedOptimizer):
     _element_lists = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
     _state_lists = ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
     _state_keys = {"exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq", "max_exp_avg_sqs": "max_exp_avg_sq"}
+    _unsigned_states = ("exp_avg_sq", "max_exp_avg_sq")
+    _state_signs = (True, False, False)  # of the reference's states, for 8-bit states
     _op_lists = _element_lists + ("state_steps", "companions")
     _setstate_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                           "differentiable": False, "fused": None, "decoupled_weight_decay": False}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
                  *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
+                 decoupled_weight_decay=False, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None,
+                 quantize_threshold=None):
         _check_adam_args(lr, betas, eps, weight_decay)
         check_common_flags(type(self).__name__, foreach, fused, differentiable)
         betas = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim() != 0 else b for b in betas)
@@ -51,7 +54,8 @@ class Adam(FusedOptimizer):
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay,
-                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed,
+                                              quantize_threshold=quantize_threshold))
         super().__init__(params, defaults, backend)
 
     def _sparse_error(self):
@@ -108,10 +112,12 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
+                 differentiable=False, fused=None, backend=None, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None,
+                 quantize_threshold=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=True, backend=backend, param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed)
+                         fused=fused, decoupled_weight_decay=True, backend=backend, param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed,
+                                              quantize_threshold=quantize_threshold)
 
     def __setstate__(self, state):
         super().__setstate__(state)

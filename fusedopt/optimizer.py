@@ -86,6 +86,8 @@ class FusedOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     _state_keys = {}  # the op's state lists -> their state keys
+    _unsigned_states = ()  # state keys that are never negative (8-bit states code them unsigned)
+    _state_signs = ()  # per state the reference's update takes, in its order: signed or not
 
     def invalidate_plans(self):
         """Forgets the cached C++ lists of every group; the next step rebuilds them."""
@@ -231,20 +233,21 @@ class FusedOptimizer(Optimizer):
             elif p.grad.is_sparse:
                 sparse.append(p)
             else:
-                buckets.setdefault((p.device, p.dtype, _dtensor.is_dtensor(p)), []).append(p)
+                key = (p.device, p.dtype, _dtensor.is_dtensor(p), _precision.quantized(group, p))
+                buckets.setdefault(key, []).append(p)
         if sparse and not self._takes_sparse:
             raise RuntimeError(self._sparse_error())
         name = type(self).__name__
         if any(key[2] for key in buckets):
             _dtensor.check_group(name, self.param_groups.index(group), [p for ps in buckets.values() for p in ps])
-            for (_, _, distributed), params in buckets.items():
+            for (_, _, distributed, _), params in buckets.items():
                 if distributed:
                     _dtensor.check_grads(name, params, group["params"])
         plannable = (every_param_has_grad and not sparse and _native.native_loaded()
                      and not torch.compiler.is_compiling())
         # Every bucket is gathered and checked before any is stepped.
         gathered = []
-        for (device, dtype, distributed), params in buckets.items():
+        for (device, dtype, distributed, _), params in buckets.items():
             lists = _precision.gather(self, group, params, self._gather(group, params), self._state_keys)
             if lists["precision"] and dtype.is_complex:
                 raise ValueError(f"fusedopt.{name}: the low-precision options do not apply to complex params")
@@ -332,7 +335,8 @@ class FusedOptimizer(Optimizer):
         companion = lists["companions"][i] if lists["companions"] else None
         low_precision.step(update, lists["params"][i], lists["grads"][i], states,
                            param_precision=precision["param_precision"], companion=companion,
-                           stochastic_states=precision["stochastic_states"], key=key, index=index, **hyper)
+                           stochastic_states=precision["stochastic_states"], key=key, index=index,
+                           signs=self._state_signs, **hyper)
 
     def _hyper(self, group):
         """The op's scalar arguments for this group, as Python floats and bools."""

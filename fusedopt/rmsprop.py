@@ -13,19 +13,23 @@ class RMSprop(FusedOptimizer):
     _element_lists = ("params", "grads", "square_avgs", "momentum_buffers", "grad_avgs")
     _state_lists = ("square_avgs", "momentum_buffers", "grad_avgs")
     _state_keys = {"square_avgs": "square_avg", "momentum_buffers": "momentum_buffer", "grad_avgs": "grad_avg"}
+    _unsigned_states = ("square_avg",)
+    _state_signs = (False, True, True)
     _op_lists = _element_lists + ("state_steps", "companions")
     _setstate_defaults = {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
                           "differentiable": False, "capturable": False}
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, backend=None, *, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None):
+                 differentiable=False, backend=None, *, param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None,
+                 quantize_threshold=None):
         check_hyperparameters(lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
         check_common_flags(type(self).__name__, foreach, None, differentiable)
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable,
-                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed))
+                        **_precision.defaults(param_precision=param_precision, state_dtype=state_dtype, stochastic_states=stochastic_states, seed=seed,
+                                              quantize_threshold=quantize_threshold))
         super().__init__(params, defaults, backend)
 
     def _gather(self, group, params):

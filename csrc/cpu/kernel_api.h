@@ -8,6 +8,7 @@
 #include "fusedopt/adagrad.h"
 #include "fusedopt/adam.h"
 #include "fusedopt/rmsprop.h"
+#include "fusedopt/quantize.h"
 #include "fusedopt/rounding.h"
 #include "fusedopt/sgd.h"
 #include "fusedopt/traffic.h"
@@ -15,7 +16,12 @@
 namespace fusedopt {
 namespace cpu {
 
-enum class Dtype : int { kFloat32, kFloat64, kBFloat16, kFloat16 };
+// kQuant8: blockwise 8-bit states (fusedopt/quantize.h), each a uint8 tensor
+// of codes and block absmaxes.
+enum class Dtype : int { kFloat32, kFloat64, kBFloat16, kFloat16, kQuant8 };
+
+// How an 8-bit state slot is coded: signed (momentum, m) or non-negative (v).
+enum class Quant : uint8_t { kNone, kSigned, kUnsigned };
 
 constexpr int kMaxStates = 4;
 
@@ -37,7 +43,8 @@ struct IndexMap {
 // Low-precision storage of a call's tensors; the default is torch's: every
 // state in the params' dtype, every 16-bit value rounded to nearest.
 struct Storage {
-  Dtype state_dtype = Dtype::kFloat32;  // states[1..]: the params' dtype or bfloat16
+  Dtype state_dtype = Dtype::kFloat32;  // states[1..]: the params' dtype, bfloat16, float32 or kQuant8
+  Quant quant[kMaxStates] = {};         // kQuant8: the code of each state slot (1..)
   ParamStorage param = ParamStorage::kPlain;
   bool param_stochastic = false;  // kPlain 16-bit params: stochastic rounding
   bool state_stochastic = false;  // 16-bit states: stochastic rounding
@@ -62,8 +69,10 @@ struct TensorLists {
   const void* const* reg_grads = nullptr;
   double reg_weight = 0.0;
   // The work is cut into `slots` nearly equal element ranges across the whole
-  // list; a kernel call handles slots [slot_begin, slot_end).
+  // list; a kernel call handles slots [slot_begin, slot_end). Cuts inside a
+  // tensor fall on multiples of `align` elements (8-bit states: a block).
   int64_t slots = 1;
+  int64_t align = 64;
   // AMP (torch.amp.GradScaler): when set, every gradient is divided by
   // *grad_scale and stored back unscaled, as torch's fused optimizers do.
   // Memory of the kernels' device.

@@ -242,10 +242,148 @@ FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, float* dst, cons
   std::memcpy(dst, src, sizeof(float) * n);
 }
 
-// A state slot in the call's state dtype (the params', bfloat16, or float32
-// beside the float32 master of 16-bit params).
-FUSEDOPT_ALWAYS_INLINE void widen_state(const TensorLists& l, void* base, int64_t at, float* dst, int n) {
+constexpr math::SignedCode kSignedCode{};
+constexpr math::UnsignedCode kUnsignedCode{};
+
+// The block absmaxes of an 8-bit state of tensor t: after its codes.
+FUSEDOPT_ALWAYS_INLINE float* block_absmax(const TensorLists& l, int64_t t, void* base) {
+  const int64_t numel = l.offset[t + 1] - l.offset[t];
+  return reinterpret_cast<float*>(static_cast<uint8_t*>(base) + math::quant_blocks(numel) * math::kQuantBlock);
+}
+
+// m codes of one block to values (scale = absmax / vmax): quantize.h's
+// decode_signed / decode_unsigned, 8 lanes at a time where AVX2 is there. The
+// decade of k >= 1 is the exponent of float(k); its tables fit one register.
+template <bool Signed>
+FUSEDOPT_ALWAYS_INLINE void decode_codes(const uint8_t* codes, float scale, float* dst, int m) {
+  using Code = std::conditional_t<Signed, math::SignedCode, math::UnsignedCode>;
+  constexpr Code c{};
+  int i = 0;
+#if defined(FUSEDOPT_AVX2_F16C)
+  const __m256 first = _mm256_loadu_ps(c.first), width = _mm256_loadu_ps(c.width), s = _mm256_set1_ps(scale);
+  const __m256i one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256(), bias = _mm256_set1_epi32(127);
+  for (; i + 8 <= m; i += 8) {
+    const __m256i code = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+    const __m256i k = Signed ? _mm256_and_si256(code, _mm256_set1_epi32(0x7F)) : code;
+    const __m256i exponent = _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(k)), 23);
+    const __m256i decade = _mm256_max_epi32(_mm256_sub_epi32(exponent, bias), zero);
+    const __m256i base = _mm256_sllv_epi32(one, decade);
+    const __m256 step = _mm256_cvtepi32_ps(_mm256_sub_epi32(k, base));
+    __m256 value = _mm256_add_ps(_mm256_permutevar8x32_ps(first, decade),
+                                 _mm256_mul_ps(_mm256_permutevar8x32_ps(width, decade), step));
+    value = _mm256_and_ps(value, _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, zero)));
+    value = _mm256_mul_ps(value, s);
+    if constexpr (Signed) {
+      value = _mm256_xor_ps(value, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(code, 7), 31)));
+    }
+    _mm256_storeu_ps(dst + i, value);
+  }
+#endif
+  for (; i < m; ++i) {
+    dst[i] = Signed ? math::decode_signed(kSignedCode, codes[i], scale)
+                    : math::decode_unsigned(kUnsignedCode, codes[i], scale);
+  }
+}
+
+// m values of one block to codes (inv = vmax / absmax): quantize.h's
+// encode_signed / encode_unsigned, 8 lanes at a time where AVX2 is there.
+template <bool Signed>
+FUSEDOPT_ALWAYS_INLINE void encode_codes(const float* src, float inv, uint8_t* codes, int m) {
+  using Code = std::conditional_t<Signed, math::SignedCode, math::UnsignedCode>;
+  constexpr Code c{};
+  int i = 0;
+#if defined(FUSEDOPT_AVX2_F16C)
+  const __m256 slope = _mm256_loadu_ps(c.slope), offset = _mm256_loadu_ps(c.offset), v = _mm256_set1_ps(inv);
+  const __m256 fzero = _mm256_setzero_ps(), low0 = _mm256_set1_ps(c.low[0]);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256 magnitude_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  for (; i + 8 <= m; i += 8) {
+    const __m256 x = _mm256_loadu_ps(src + i);
+    const __m256 y = _mm256_mul_ps(Signed ? _mm256_and_ps(x, magnitude_mask) : x, v);
+    __m256i decade = _mm256_setzero_si256();
+    for (int d = 1; d < Code::kDecades; ++d) {  // each reached low end adds 1 (a true compare is -1)
+      decade = _mm256_sub_epi32(decade, _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_set1_ps(c.low[d]), _CMP_GE_OQ)));
+    }
+    const __m256i base = _mm256_sllv_epi32(one, decade);
+    __m256 j = _mm256_floor_ps(_mm256_sub_ps(_mm256_mul_ps(y, _mm256_permutevar8x32_ps(slope, decade)),
+                                             _mm256_permutevar8x32_ps(offset, decade)));
+    j = _mm256_max_ps(j, fzero);  // a NaN j becomes 0, as in encode_magnitude
+    j = _mm256_min_ps(j, _mm256_cvtepi32_ps(_mm256_sub_epi32(base, one)));
+    const __m256i k = _mm256_add_epi32(base, _mm256_cvttps_epi32(j));
+    __m256i below = _mm256_setzero_si256();
+    if constexpr (!Signed) below = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(y, fzero, _CMP_GT_OQ)), one);
+    __m256i code = _mm256_blendv_epi8(below, k, _mm256_castps_si256(_mm256_cmp_ps(y, low0, _CMP_GE_OQ)));
+    if constexpr (Signed) {
+      const __m256i negative = _mm256_castps_si256(_mm256_cmp_ps(x, fzero, _CMP_LT_OQ));
+      code = _mm256_or_si256(code, _mm256_and_si256(negative, _mm256_set1_epi32(0x80)));
+    }
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(words, words));
+  }
+#endif
+  for (; i < m; ++i) {
+    codes[i] = Signed ? math::encode_signed(kSignedCode, src[i], inv) : math::encode_unsigned(kUnsignedCode, src[i], inv);
+  }
+}
+
+// The largest |x| of m values, as the largest bit pattern with the sign
+// cleared: the same order for non-negative floats, NaN above them all (so a
+// NaN wins and the block's codes say so), and an integer max.
+FUSEDOPT_ALWAYS_INLINE float block_max(const float* src, int m) {
+  uint32_t bits = 0;
+  int i = 0;
+#if defined(FUSEDOPT_AVX2_F16C)
+  const __m256i magnitude_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  __m256i acc = _mm256_setzero_si256();
+  for (; i + 8 <= m; i += 8) {
+    acc = _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)),
+                                                 magnitude_mask));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+  for (uint32_t lane : lanes) bits = lane > bits ? lane : bits;
+#endif
+  for (; i < m; ++i) {
+    const uint32_t b = math::float_bits(src[i]) & 0x7FFFFFFFu;
+    bits = b > bits ? b : bits;
+  }
+  return math::bits_float(bits);
+}
+
+// Elements [at, at + n) of an 8-bit state (at: a multiple of the block).
+FUSEDOPT_ALWAYS_INLINE void dequantize(const TensorLists& l, int64_t t, int k, void* base, int64_t at, float* dst,
+                                       int n) {
+  const uint8_t* codes = static_cast<const uint8_t*>(base) + at;
+  const float* absmax = block_absmax(l, t, base) + at / math::kQuantBlock;
+  const bool is_signed = l.storage.quant[k] == Quant::kSigned;
+  for (int b = 0; b < n; b += math::kQuantBlock) {
+    const int m = n - b < math::kQuantBlock ? n - b : math::kQuantBlock;
+    const float a = absmax[b / math::kQuantBlock];
+    if (is_signed) decode_codes<true>(codes + b, a / kSignedCode.vmax, dst + b, m);
+    else decode_codes<false>(codes + b, a / kUnsignedCode.vmax, dst + b, m);
+  }
+}
+
+FUSEDOPT_ALWAYS_INLINE void quantize(const TensorLists& l, int64_t t, int k, const float* src, void* base,
+                                     int64_t at, int n) {
+  uint8_t* codes = static_cast<uint8_t*>(base) + at;
+  float* absmax = block_absmax(l, t, base) + at / math::kQuantBlock;
+  const bool is_signed = l.storage.quant[k] == Quant::kSigned;
+  for (int b = 0; b < n; b += math::kQuantBlock) {
+    const int m = n - b < math::kQuantBlock ? n - b : math::kQuantBlock;
+    const float a = block_max(src + b, m);
+    absmax[b / math::kQuantBlock] = a;
+    if (is_signed) encode_codes<true>(src + b, a > 0.0f ? kSignedCode.vmax / a : 0.0f, codes + b, m);
+    else encode_codes<false>(src + b, a > 0.0f ? kUnsignedCode.vmax / a : 0.0f, codes + b, m);
+  }
+}
+
+// A state slot in the call's state dtype (the params', bfloat16, float32
+// beside the float32 master of 16-bit params, or 8-bit).
+FUSEDOPT_ALWAYS_INLINE void widen_state(const TensorLists& l, int64_t t, int k, void* base, int64_t at, float* dst,
+                                        int n) {
   switch (l.storage.state_dtype) {
+    case Dtype::kQuant8: dequantize(l, t, k, base, at, dst, n); break;
     case Dtype::kBFloat16: widen(static_cast<const BFloat16*>(base) + at, dst, n); break;
     case Dtype::kFloat16: widen(static_cast<const Half*>(base) + at, dst, n); break;
     default: std::memcpy(dst, static_cast<const float*>(base) + at, sizeof(float) * n); break;
@@ -255,7 +393,9 @@ FUSEDOPT_ALWAYS_INLINE void widen_state(const TensorLists& l, void* base, int64_
 FUSEDOPT_ALWAYS_INLINE void narrow_state(const TensorLists& l, int64_t t, int k, const float* src, void* base,
                                          int64_t at, int n) {
   const Dtype d = l.storage.state_dtype;
-  if (d == Dtype::kFloat32) {
+  if (d == Dtype::kQuant8) {
+    quantize(l, t, k, src, base, at, n);
+  } else if (d == Dtype::kFloat32) {
     std::memcpy(static_cast<float*>(base) + at, src, sizeof(float) * n);
   } else if (l.storage.state_stochastic) {
     alignas(64) uint32_t random[kBlock];
@@ -303,7 +443,7 @@ void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int6
       widen(static_cast<const BFloat16*>(st.companions[t]) + at, r, n);
       for (int i = 0; i < n; ++i) s[0][i] += r[i];
     }
-    for (int k = 1; k < S; ++k) widen_state(l, slot[k], at, s[k], n);
+    for (int k = 1; k < S; ++k) widen_state(l, t, k, slot[k], at, s[k], n);
     if (reg != nullptr) {
       widen(reg + b, r, n);
       update_run<float>(u, RegularizedGrad<float>{g, r, static_cast<float>(l.reg_weight)}, n, s[K]...);
@@ -347,7 +487,7 @@ void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begi
   } else if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
     update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
   } else if constexpr (std::is_same_v<T, float>) {
-    if (l.storage.state_dtype == Dtype::kBFloat16) {
+    if (l.storage.state_dtype != Dtype::kFloat32) {
       update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
     } else {
       update_piece<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
@@ -366,6 +506,7 @@ void with_dtype(Dtype d, Fn&& fn) {
     case Dtype::kFloat64: fn(double{}); break;
     case Dtype::kBFloat16: fn(BFloat16{}); break;
     case Dtype::kFloat16: fn(Half{}); break;
+    case Dtype::kQuant8: break;  // a state dtype only: params are never 8-bit
   }
 }
 

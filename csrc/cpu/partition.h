@@ -1,8 +1,8 @@
 // Cuts the elements of a whole tensor list into `slots` nearly equal ranges,
 // so threads share the work across tensors as well as within them: one
 // parallel region per step, however many tensors there are. Cut points fall
-// on multiples of kAlign elements inside a tensor, so no two threads write
-// the same cache line.
+// on multiples of l.align elements inside a tensor (kAlign, or a quantization
+// block), so no two threads write the same cache line or quantization block.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +30,7 @@ static inline int64_t slot_start(const TensorLists& l, int64_t slot) {
   if (slot >= l.slots) return total;
   const int64_t g = static_cast<int64_t>((static_cast<__int128>(total) * slot) / l.slots);
   const int64_t t = tensor_at(l, g);
-  return l.offset[t] + (g - l.offset[t]) / kAlign * kAlign;
+  return l.offset[t] + (g - l.offset[t]) / l.align * l.align;
 }
 
 // Calls fn(tensor, begin, end) for each piece of slots [slot_begin, slot_end),

@@ -9,6 +9,8 @@ that they give the native kernels' bits (csrc/include/fusedopt/rounding.h).
 """
 import torch
 
+from . import quantized
+
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
 
@@ -94,7 +96,7 @@ def split_compensated(x, dtype):
 
 
 def step(update, param, grad, states, *, param_precision="nearest", companion=None, stochastic_states=False,
-         key=0, index=None, **hyper):
+         key=0, index=None, signs=(), **hyper):
     """One step of `update` (fusedopt.reference.adam, sgd, ...; called with the
     param, the grad, its states (None where absent) and **hyper) on float32
     copies of everything, written back as the modes say:
@@ -104,7 +106,9 @@ def step(update, param, grad, states, *, param_precision="nearest", companion=No
         master                 companion is the float32 master: updated, param = master
                                 rounded to nearest
     16-bit states are written to nearest, or stochastically with stochastic_states
-    (stream k for the k-th state of `states`). key: the param stream's
+    (stream k for the k-th state of `states`); 8-bit states (uint8) are
+    dequantized and quantized again (reference.quantized), signed or not as
+    `signs` says for each state. key: the param stream's
     stream_key at this step; index: global_index of the param's elements."""
     if param_precision == "master":
         work = companion.clone()
@@ -112,7 +116,13 @@ def step(update, param, grad, states, *, param_precision="nearest", companion=No
         work = param.float() + companion.float()
     else:
         work = param.float()
-    work_states = [None if s is None else s.float() for s in states]
+    def widen(s, signed):
+        if s is None:
+            return None
+        return quantized.dequantize(s, param.shape, signed) if s.dtype == torch.uint8 else s.float()
+
+    signs = list(signs) + [True] * (len(states) - len(signs))
+    work_states = [widen(s, signed) for s, signed in zip(states, signs)]
     update(work, grad.float(), *work_states, **hyper)
     if param_precision == "master":
         companion.copy_(work)
@@ -124,11 +134,14 @@ def step(update, param, grad, states, *, param_precision="nearest", companion=No
     else:
         param.copy_(round_to(work, param.dtype, param_precision == "stochastic", key, index))
     slot = 0
-    for s, w in zip(states, work_states):
+    for s, w, signed in zip(states, work_states, signs):
         if s is None:
             continue
         slot += 1
-        s.copy_(round_to(w, s.dtype, stochastic_states, stream_key_of_slot(key, slot), index))
+        if s.dtype == torch.uint8:
+            s.copy_(quantized.quantize(w, signed))
+        else:
+            s.copy_(round_to(w, s.dtype, stochastic_states, stream_key_of_slot(key, slot), index))
 
 
 def stream_key_of_slot(key, slot):

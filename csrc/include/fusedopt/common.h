@@ -42,6 +42,15 @@ FUSEDOPT_HD M fma_(M a, M b, M c) {
 }
 
 template <typename M>
+FUSEDOPT_HD M fabs_(M x) {
+#if defined(__CUDA_ARCH__)
+  return ::fabs(x);
+#else
+  return std::fabs(x);
+#endif
+}
+
+template <typename M>
 FUSEDOPT_HD M floor_(M x) {
 #if defined(__CUDA_ARCH__)
   return ::floor(x);
