@@ -12,14 +12,18 @@ namespace fusedopt {
 namespace cpu {
 namespace {
 
-// Waking a helper costs the caller about 6 us here (a futex wake is a system
-// call that reaches the other vCPU through the hypervisor) and the helper
-// starts about 4 us after that (2-core EPYC VM, 2026-11-28), so sharing pays
-// from about 16 us of serial work, and loses about 8 us when the helper gets
-// no core (a busy host). 2 MB of streams is about 75 us of in-cache Adam on
-// one thread: well past the break-even, and a small loss where it is lost.
-constexpr int64_t kParallelBytes = 2 << 20;
-// A slot is about 5 us of work: the caller waits at most about that long for
+// Waking a sleeping helper costs the caller a futex wake, a system call that
+// reaches the other vCPU through the hypervisor: 6 us on the busy 2-core EPYC
+// VM, 10-11 us when it is idle, and the helper starts 3-8 us after that
+// (2026-11-28). Measured there, Adam on one tensor, shared against alone,
+// float32 (16 bytes of streams per element): back to back (the helper still
+// awake) 2 MB 46-76 against 65-67 us, 4 MB 67-70 against 101-110 us; 2 ms
+// apart (the helper asleep, as between training steps) 1-4 MB about equal,
+// 16 MB 418-594 against 572-669 us. Below 4 MB a call runs on the caller:
+// there the gain is small or nothing, and on a busy host where the helper
+// gets no core the wake is a loss of about 10 us.
+constexpr int64_t kParallelBytes = 4 << 20;
+// A slot is about 3-5 us of work: the caller waits at most about that long for
 // a helper's last slot when the helper is running, and per-slot costs (a
 // claim, the kernel's dispatch, two binary searches) stay under 1%. Slots are
 // fixed by the data, never by the thread count, so the cuts (and the bits)
