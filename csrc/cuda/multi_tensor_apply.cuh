@@ -79,18 +79,23 @@ struct alignas(kVectorBytes) Pack {
   T v[V];
 };
 
+// The tensor of this block: the last whose first block is at or before it.
+__device__ __forceinline__ int tensor_of_block(const int32_t* first_block, int count) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_block[mid] <= static_cast<int32_t>(blockIdx.x)) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 template <typename T, class Update, int K>
 __global__ void __launch_bounds__(kBlock)
     multi_tensor_kernel(const __grid_constant__ TensorTable<Update, K> table,
                         const __grid_constant__ LaunchScalars<typename Update::Hyper> sc) {
   using M = typename MathOf<T>::type;
   if (sc.found_inf != nullptr && *sc.found_inf != 0.0f) return;
-  int lo = 0, hi = table.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (table.first_block[mid] <= static_cast<int32_t>(blockIdx.x)) lo = mid; else hi = mid - 1;
-  }
-  const int t = lo;
+  const int t = tensor_of_block(table.first_block, table.count);
   const int64_t begin = static_cast<int64_t>(blockIdx.x - table.first_block[t]) * kChunk;
   const int64_t n = min(table.numel[t] - begin, static_cast<int64_t>(kChunk));
 
@@ -168,11 +173,12 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// Launches Update over tensors [0, l.count) on the current stream;
-// make_update(t) forms tensor t's functor on the host (not called when the
-// steps live on the device). Tensors with no elements are skipped.
+// Launches Update over tensors [0, l.count) of plain storage (every stream in
+// T) on the current stream; make_update(t) forms tensor t's functor on the
+// host (not called when the steps live on the device). Tensors with no
+// elements are skipped.
 template <typename T, class Update, class MakeUpdate>
-void multi_tensor_apply(const cpu::TensorLists& l, const typename Update::Hyper& hyper, MakeUpdate&& make_update) {
+void plain_apply(const cpu::TensorLists& l, const typename Update::Hyper& hyper, MakeUpdate&& make_update) {
   constexpr int K = Update::kStates;
   using Table = TensorTable<Update, K>;
   static_assert(Table::kTensors >= 8, "too few tensors per launch");
@@ -214,3 +220,6 @@ void multi_tensor_apply(const cpu::TensorLists& l, const typename Update::Hyper&
 
 }  // namespace cuda
 }  // namespace fusedopt
+
+// multi_tensor_apply, which picks plain_apply or precision_apply.
+#include "cuda/precision_apply.cuh"
