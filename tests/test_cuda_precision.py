@@ -11,6 +11,7 @@ import torch
 
 import fusedopt
 from helpers import ALGORITHMS, clone_params, gradients, make_params
+from test_precision import OPTIONS, _mode_id
 
 pytestmark = [
     pytest.mark.skipif(not (torch.cuda.is_available() and fusedopt.info()["cuda"]), reason="needs a CUDA build and a GPU"),
@@ -18,14 +19,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("FUSEDOPT_CUDA_MODES") != "1", reason="FUSEDOPT_CUDA_MODES=1 not set"),
 ]
 
-OPTIONS = {
-    "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
-    "Adagrad": dict(lr=0.05, weight_decay=0.01),
-    "RMSprop": dict(lr=0.01, momentum=0.9, centered=True),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01, weight_decay=0.1),
-}
-MODES = [
+MODES = [  # test_precision's, and 8-bit states with them
     dict(param_precision="stochastic"),
     dict(param_precision="compensated"),
     dict(param_precision="master"),
@@ -38,10 +32,6 @@ MODES = [
 ]
 # Odd sizes, one over a CUDA chunk (65536), one under the 8-bit threshold.
 SHAPES = [(7,), (300,), (70, 129), (65536 + 4099,)]
-
-
-def _mode_id(mode):
-    return "-".join(f"{k}={getattr(v, '__name__', str(v).replace('torch.', ''))}" for k, v in mode.items())
 
 
 def _run(name, params, mode, steps=3, **extra):

@@ -236,7 +236,6 @@ void precision_apply(const cpu::TensorLists& l, const typename Update::Hyper& hy
   constexpr int K = Update::kStates;
   using Table = PrecisionTable<Update, K>;
   using Scalars = PrecisionScalars<typename Update::Hyper>;
-  static_assert(Table::kTensors >= 8, "too few tensors per launch");
   static_assert(sizeof(Table) + sizeof(Scalars) <= kArgBytes, "kernel arguments over 4 KiB");
   const cpu::Storage& st = l.storage;
   FUSEDOPT_CHECK(l.reg_grads == nullptr, "fusedopt: the classic ops take no low-precision storage");
@@ -244,38 +243,20 @@ void precision_apply(const cpu::TensorLists& l, const typename Update::Hyper& hy
              st.state_stochastic, {}, math::SignedCode{}, math::UnsignedCode{}};
   for (int k = 0; k < cpu::kMaxStates; ++k) sc.quant[k] = st.quant[k];
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  Table table;
-  table.count = 0;
-  int64_t blocks = 0;
-  const auto launch = [&] {
-    if (table.count > 0) {
-      table.first_block[table.count] = static_cast<int32_t>(blocks);
-      precision_kernel<T, Update, K><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(table, sc);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    table.count = 0;
-    blocks = 0;
-  };
-  for (int64_t t = 0; t < l.count; ++t) {
-    const int64_t numel = l.offset[t + 1] - l.offset[t];
-    if (numel == 0) continue;
-    const int64_t chunks = (numel + kChunk - 1) / kChunk;
-    FUSEDOPT_CHECK(chunks < (int64_t{1} << 30), "fusedopt: a tensor of ", numel, " elements is too large");
-    if (blocks + chunks >= (int64_t{1} << 31) - 1) launch();
-    const int i = table.count++;
-    table.grads[i] = const_cast<void*>(l.grads[t]);
-    for (int k = 0; k < K; ++k) table.states[k][i] = l.states[k][t];
-    table.companions[i] = st.companions != nullptr ? st.companions[t] : nullptr;
-    table.keys[i] = st.keys != nullptr ? st.keys[t] : 0;
-    table.index[i] = st.index != nullptr ? st.index[t] : cpu::IndexMap{0, numel, numel};
-    table.numel[i] = numel;
-    table.steps[i] = l.device_steps != nullptr ? l.device_steps[t] : nullptr;
-    table.updates[i] = l.device_steps != nullptr ? Update{} : make_update(t);
-    table.first_block[i] = static_cast<int32_t>(blocks);
-    blocks += chunks;
-    if (table.count == Table::kTensors) launch();
-  }
-  launch();
+  launch_tables<Table, Update>(
+      l, make_update,
+      [&](Table& table, int i, int64_t t) {
+        table.grads[i] = const_cast<void*>(l.grads[t]);
+        for (int k = 0; k < K; ++k) table.states[k][i] = l.states[k][t];
+        table.companions[i] = st.companions != nullptr ? st.companions[t] : nullptr;
+        table.keys[i] = st.keys != nullptr ? st.keys[t] : 0;
+        const int64_t numel = l.offset[t + 1] - l.offset[t];
+        table.index[i] = st.index != nullptr ? st.index[t] : cpu::IndexMap{0, numel, numel};
+      },
+      [&](const Table& table, int64_t blocks) {
+        precision_kernel<T, Update, K><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(table, sc);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 // Launches Update over tensors [0, l.count): the plain kernel where every
