@@ -100,6 +100,33 @@ def test_inductor_step_matches_eager():
     assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["AdamW"], 0, 0)
 
 
+def test_in_graph_work_before_and_after_the_step():
+    """The op's tensors are inputs of the graph that it mutates: clipping the
+    grads before it and reading the params after it in the same graph see
+    the right values."""
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        runs.append((model, fusedopt.AdamW(model.parameters(), lr=torch.tensor(0.01))))
+    (model, opt), (eager_model, eager_opt) = runs
+
+    def clip_step_sum(model, opt):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+        return sum(p.sum() for p in model.parameters())
+
+    compiled = torch.compile(clip_step_sum, backend="aot_eager", fullgraph=True)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for m in (model, eager_model):
+            m.zero_grad()
+            m(x).square().mean().backward()
+        torch.testing.assert_close(compiled(model, opt), clip_step_sum(eager_model, eager_opt), rtol=0, atol=0)
+    assert_same_state(eager_opt, list(eager_model.parameters()), opt, list(model.parameters()),
+                      STATE_KEYS["AdamW"], 0, 0)
+
+
 def test_one_op_call_per_group_and_dtype():
     start = make_params(SHAPES, torch.float32) + make_params([(4,), (6,)], torch.float64)
     runs = []
