@@ -64,7 +64,20 @@ def _timed(fn):
 
 def run(count=2000, size=1024, repeats=20, warmup=3, tensor_lr=False):
     """{(name, compiled): {"cold_s", "warm_s" (compiled rows), "median_ms"}}"""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusedopt-compile-time-")
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="fusedopt-compile-time-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            return _measure(count, size, repeats, warmup, tensor_lr)
+        finally:
+            torch._dynamo.reset()
+            if previous is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def _measure(count, size, repeats, warmup, tensor_lr):
     # Inductor's one-time start (imports, the C++ toolchain check) counts for no row.
     torch.compile(lambda x: x + 1)(torch.ones(1))
     lr = torch.tensor(1e-3) if tensor_lr else 1e-3

@@ -360,7 +360,7 @@ class FusedOptimizer(Optimizer):
                 distributed or not self._runs_native(device) for device, _, distributed, _ in buckets):
             return None
         layout = []
-        for (_, dtype, _, _), params, lists in self._gather_buckets(group, buckets):
+        for (_, dtype, _, _), _, lists in self._gather_buckets(group, buckets):
             withheld = self._withhold_new_state(lists)
             for key in self._op_lists:
                 tensors.extend(lists.get(key, ()))

@@ -173,6 +173,22 @@ def test_float_lr_schedule_recompiles_then_steps_eagerly():
     assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
 
 
+def test_amp_scale_and_skipped_step():
+    """GradScaler's grad_scale and found_inf (set on the optimizer for the
+    step) reach the op in the graph: grads unscaled, an inf step skipped."""
+    (compiled, cparams), (eager, eparams), _ = _three("Adam", dict(lr=0.01))
+    step = torch.compile(compiled.step, backend="aot_eager", fullgraph=True)
+    for i, found_inf in enumerate([0.0, 1.0, 0.0]):
+        for opt, params, fn in ((compiled, cparams, step), (eager, eparams, eager.step)):
+            for p, g in zip(params, gradients(params, i)):
+                p.grad = g * 64
+            opt.grad_scale, opt.found_inf = torch.tensor(64.0), torch.tensor(found_inf)
+            fn()
+            del opt.grad_scale, opt.found_inf
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+    assert float(compiled.state[cparams[0]]["step"]) == 2
+
+
 def test_params_without_grads_and_later_with():
     (compiled, cparams), (eager, eparams), (theirs, tparams) = _three("RMSprop", dict(lr=0.01, momentum=0.9))
     step = torch.compile(compiled.step, backend="eager", fullgraph=True)
