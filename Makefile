@@ -57,6 +57,7 @@ CUDA_OBJECTS := $(foreach a,$(CUDA_ARCHS),$(CUDA_NAMES:%=$(CUDA_CHECK)/%_sm$(a).
 CUDA_FLAGS := $(CUDA_CHECK)/nvcc-flags
 
 cuda-check: $(CUDA_OBJECTS)
+	$(PY) tools/check_stream_numbers.py $(CUDA_OBJECTS)
 
 # torch's include paths and C++ ABI, read once.
 $(CUDA_FLAGS): $(DEPS)

@@ -21,6 +21,9 @@ class Implementation:
     make: Callable
     devices: tuple = ("cpu", "cuda")
     module: Optional[str] = None  # the peer library it needs
+    # normwise error against float64 above which its result is marked wrong
+    # (None: measure.TOLERANCE of the dtype); 8-bit states are coarser by design
+    tolerance: Optional[float] = None
 
     def status(self, cls_name, device, dtype):
         """None if it can run the case, else why not."""
@@ -55,6 +58,7 @@ PRECISION_MODES = {
     "fusedopt bf16-states": dict(state_dtype=torch.bfloat16, stochastic_states=True),
     "fusedopt sr+bf16-states": dict(param_precision="stochastic", state_dtype=torch.bfloat16,
                                     stochastic_states=True),
+    "fusedopt 8-bit": dict(state_dtype="8bit"),  # docs/quantized.md
 }
 
 
@@ -82,6 +86,30 @@ def _optimi_kahan(cls_name, params, opts, probe_only=False):
         options.setdefault("eps", 1e-8)
         options.setdefault("weight_decay", 0.0 if cls_name == "Adam" else 1e-2)
     return getattr(optimi, cls_name)(params, kahan_sum=True, foreach=False, **options)
+
+
+def _bitsandbytes_8bit(cls_name, params, opts, probe_only=False):
+    """bitsandbytes' blockwise 8-bit optimizers (its CPU kernels too)."""
+    if cls_name not in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"):
+        return None
+    import bitsandbytes as bnb
+    if probe_only:
+        return True
+    if cls_name == "SGD" and not opts.get("momentum"):
+        return None  # its SGD needs momentum
+    return getattr(bnb.optim, cls_name + "8bit")(params, **opts)
+
+
+def _torchao_8bit(cls_name, params, opts, probe_only=False):
+    """torchao's 8-bit Adam/AdamW (tensor subclass states, one call per tensor)."""
+    if cls_name not in ("Adam", "AdamW"):
+        return None
+    import torchao.optim
+    if probe_only:
+        return True
+    options = dict(opts)
+    options.setdefault("weight_decay", 0.0 if cls_name == "Adam" else 1e-2)
+    return getattr(torchao.optim, cls_name + "8bit")(params, **options)
 
 
 def _torch(flavour):
@@ -141,6 +169,8 @@ def _bitsandbytes(cls_name, params, opts, probe_only=False):
     return getattr(bnb.optim, cls_name)(params, optim_bits=32, **opts)
 
 
+QUANTIZED_TOLERANCE = 2e-3  # a few steps through 8-bit states: about 4e-4 for each of them
+
 IMPLEMENTATIONS = [
     Implementation("fusedopt", _fusedopt("native")),
     Implementation("fusedopt reference", _fusedopt("reference")),
@@ -151,9 +181,12 @@ IMPLEMENTATIONS = [
     Implementation("deepspeed fused-adam", _deepspeed_fused_adam, devices=("cuda",), module="deepspeed"),
     Implementation("apex fused", _apex, devices=("cuda",), module="apex"),
     Implementation("bitsandbytes 32-bit", _bitsandbytes, devices=("cuda",), module="bitsandbytes"),
-    *[Implementation(name, _fusedopt("native", **precision)) for name, precision in PRECISION_MODES.items()],
+    *[Implementation(name, _fusedopt("native", **precision), tolerance=QUANTIZED_TOLERANCE if "8-bit" in name else None)
+      for name, precision in PRECISION_MODES.items()],
     Implementation("torchao sr", _torchao_sr, module="torchao"),
     Implementation("optimi kahan", _optimi_kahan, module="optimi"),
+    Implementation("bitsandbytes 8-bit", _bitsandbytes_8bit, module="bitsandbytes", tolerance=QUANTIZED_TOLERANCE),
+    Implementation("torchao 8-bit", _torchao_8bit, module="torchao", tolerance=QUANTIZED_TOLERANCE),
 ]
 
 TORCH_IMPLEMENTATIONS = ("torch for-loop", "torch foreach", "torch fused")
@@ -161,7 +194,7 @@ TORCH_IMPLEMENTATIONS = ("torch for-loop", "torch foreach", "torch fused")
 
 # Run when --implementations is not given; the low-precision modes and their
 # peers are asked for by name (with --dtype bfloat16, see docs/precision.md).
-LOW_PRECISION = tuple(PRECISION_MODES) + ("torchao sr", "optimi kahan")
+LOW_PRECISION = tuple(PRECISION_MODES) + ("torchao sr", "optimi kahan", "bitsandbytes 8-bit", "torchao 8-bit")
 
 
 def by_name(names=None):

@@ -20,6 +20,9 @@ default; float32 beside a master):
       stochastic states           stochastic_states=True
     torch fused                   torch.optim.AdamW(fused=True) on bfloat16 params (the
                                   peer reference for round-to-nearest)
+    fp32 params, 8-bit states     state_dtype="8bit" (docs/quantized.md)
+    bf16 stochastic, 8-bit        stochastic params, state_dtype="8bit"
+    bitsandbytes / torchao 8-bit  their AdamW8bit on float32 params, where installed
 
 Reported per configuration: final training loss (mean of the last 20 steps), its
 relative gap to the baseline ((final - baseline) / baseline), loss, gap and
@@ -98,7 +101,27 @@ def configs(lr, weight_decay, seed):
                fused(param_precision="stochastic", state_dtype=bf16, stochastic_states=True, seed=seed)),
         Config("torch-fused-bf16", "torch fused, bf16 params + states", bf16,
                lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)),
-    ]
+        Config("fp32-8bit", "fp32 params, 8-bit states", torch.float32, fused(state_dtype="8bit")),
+        Config("bf16-stochastic-8bit", "bf16 stochastic, 8-bit states", bf16,
+               fused(param_precision="stochastic", state_dtype="8bit", seed=seed)),
+    ] + [Config(key, label, torch.float32, make) for key, label, make in _peers_8bit(lr, weight_decay)]
+
+
+def _peers_8bit(lr, weight_decay):
+    """The peers' 8-bit AdamW on float32 params, where installed (optional)."""
+    import importlib.util
+    peers = []
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        def bnb(params):
+            import bitsandbytes
+            return bitsandbytes.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+        peers.append(("bnb-8bit", "bitsandbytes AdamW8bit, fp32 params", bnb))
+    if importlib.util.find_spec("torchao") is not None:
+        def torchao(params):
+            import torchao.optim
+            return torchao.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+        peers.append(("torchao-8bit", "torchao AdamW8bit, fp32 params", torchao))
+    return peers
 
 
 def parse_args(argv):

@@ -95,6 +95,10 @@ class Adam(FusedOptimizer):
     def _structure(self, group):
         return group["amsgrad"]
 
+    def _hyper_traceable(self, group):
+        # The op takes betas as floats; a tensor beta would be read on the host.
+        return not isinstance(group["betas"][0], torch.Tensor)
+
     def _reference(self, group, lists):
         hyper = self._hyper(group)
         for i in range(len(lists["params"])):

@@ -14,6 +14,10 @@ group's state layout changes (add_param_group, load_state_dict, a new
 (`group["params"][i] = q`), and when a state tensor leaves the optimizer's
 state (`opt.state[p]["exp_avg"] = t`; see _Plan.matches for the one case
 that needs `invalidate_plans()`).
+
+Under torch.compile the plan is not used: dynamo runs _init_group eagerly
+(creating state, as for torch.optim's optimizers) and the graph holds the op
+call of each bucket on the tensors it listed (_traced_step).
 """
 import re
 
@@ -157,19 +161,28 @@ class FusedOptimizer(Optimizer):
         return False
 
     def _lr(self, group):
-        """lr as the op's float: a tensor lr that the kernels read on the device
-        (see _step_inputs) is not read here, so no step waits for the GPU."""
-        return 0.0 if self._device_lr(group) else as_float(group["lr"])
+        """lr as the op's float: a tensor lr that the op reads itself (see
+        _lr_tensor) is not read here."""
+        return 0.0 if self._lr_tensor(group) is not None else as_float(group["lr"])
 
-    def _device_lr(self, group):
+    def _lr_tensor(self, group):
+        """A tensor lr for the op to read rather than a float read here: under
+        torch.compile (reading it on the host would break the graph), and on
+        the device with capturable (no step waits for the GPU)."""
         lr = group["lr"]
-        return (group.get("capturable", False) and isinstance(lr, torch.Tensor) and lr.is_cuda
-                and self.backend == "native" and _native.has_native_kernel(self._op, lr.device))
+        if not isinstance(lr, torch.Tensor):
+            return None
+        if torch.compiler.is_compiling():
+            return lr
+        if (group.get("capturable", False) and lr.is_cuda and self.backend == "native"
+                and _native.has_native_kernel(self._op, lr.device)):
+            return lr
+        return None
 
     def _step_inputs(self, group):
         """The ops' lr_tensor, grad_scale and found_inf for this group."""
-        return dict(lr_tensor=group["lr"] if self._device_lr(group) else None,
-                    grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None))
+        return dict(lr_tensor=self._lr_tensor(group), grad_scale=getattr(self, "grad_scale", None),
+                    found_inf=getattr(self, "found_inf", None))
 
     def _amp_skips(self):
         """Whether AMP found an inf or NaN this step (read on the host)."""
@@ -214,16 +227,21 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        if torch.compiler.is_compiling():
+            self._traced_step()
+        else:
+            _eager_step_untraced(self)
+        return loss
+
+    def _eager_step(self):
         self._check_capture()
         for group in self.param_groups:
             if not self._step_planned(group):
                 self._step_group(group)
-        return loss
 
-    def _step_group(self, group):
-        self._hyper(group)  # its checks raise before any state is created
-        if getattr(self, "found_inf", None) is not None and self._amp_skips_new_state(group):
-            return
+    def _buckets(self, group):
+        """The group's params with dense grads by (device, dtype, is a DTensor,
+        8-bit states), those with sparse grads, and whether every param has a grad."""
         buckets = {}
         sparse = []
         every_param_has_grad = True
@@ -237,30 +255,45 @@ class FusedOptimizer(Optimizer):
                 buckets.setdefault(key, []).append(p)
         if sparse and not self._takes_sparse:
             raise RuntimeError(self._sparse_error())
+        return buckets, sparse, every_param_has_grad
+
+    def _gather_buckets(self, group, buckets):
+        """(key, params, lists) per bucket, state created: every bucket is
+        gathered and checked before any is stepped. Complex tensors are left
+        for the caller to view as real."""
         name = type(self).__name__
         if any(key[2] for key in buckets):
             _dtensor.check_group(name, self.param_groups.index(group), [p for ps in buckets.values() for p in ps])
             for (_, _, distributed, _), params in buckets.items():
                 if distributed:
                     _dtensor.check_grads(name, params, group["params"])
-        plannable = (every_param_has_grad and not sparse and _native.native_loaded()
-                     and not torch.compiler.is_compiling())
-        # Every bucket is gathered and checked before any is stepped.
         gathered = []
-        for (device, dtype, distributed, _), params in buckets.items():
+        for key, params in buckets.items():
             lists = _precision.gather(self, group, params, self._gather(group, params), self._state_keys)
-            if lists["precision"] and dtype.is_complex:
+            if lists["precision"] and key[1].is_complex:
                 raise ValueError(f"fusedopt.{name}: the low-precision options do not apply to complex params")
-            if distributed:
+            if key[2]:
                 _dtensor.to_local(name, lists, self._element_lists + ("companions",), params, group["params"])
                 lists["dtensor_params"] = params
+            gathered.append((key, params, lists))
+        return gathered
+
+    def _as_real(self, lists):
+        for key in self._element_lists:
+            lists[key] = [torch.view_as_real(t) for t in lists[key]]
+
+    def _step_group(self, group):
+        self._hyper(group)  # its checks raise before any state is created
+        if getattr(self, "found_inf", None) is not None and self._amp_skips_new_state(group):
+            return
+        buckets, sparse, every_param_has_grad = self._buckets(group)
+        plannable = every_param_has_grad and not sparse and _native.native_loaded()
+        gathered = self._gather_buckets(group, buckets)
+        planned = []
+        for (device, dtype, _, _), params, lists in gathered:
             if dtype.is_complex:
                 plannable = False
-                for key in self._element_lists:
-                    lists[key] = [torch.view_as_real(t) for t in lists[key]]
-            gathered.append((device, params, lists))
-        planned = []
-        for device, params, lists in gathered:
+                self._as_real(lists)
             if self._runs_native(device):
                 try:
                     self._run_native(group, lists)
@@ -278,16 +311,79 @@ class FusedOptimizer(Optimizer):
             self._sparse_step(group, sparse)
         if plannable and planned:
             self._plans.pop(id(group), None)  # the old plan's references go first too
-            plan = _make_plan(self, group, planned)
+            plan = _Plan(self, group, planned)
             # The plan counts references to the state tensors from here on
             # (CachedLists.replaced): this step's own references go first.
             del lists, planned, gathered
             plan.settle()
             self._plans[id(group)] = plan
 
+    def _traced_step(self):
+        """The step as torch.compile traces it: one op call per bucket and
+        nothing else. Dynamo runs _init_group eagerly, outside the graph, and
+        passes the tensors it lists to the graph as inputs; the scalars come
+        from the groups, as constants the compiled code is guarded on (or a
+        tensor lr, read by the op)."""
+        layouts = []
+        for group in self.param_groups:
+            tensors = []
+            layouts.append((group, tensors, self._init_group(group, tensors)))
+        # Outside the loop: dynamo resumes after a graph break there.
+        if any(layout is None for _, _, layout in layouts):
+            _eager_step_untraced(self)
+            return
+        for group, tensors, layout in layouts:
+            start = 0
+            for counts, is_complex, withheld, first_step, precision in layout:
+                lists = {}
+                for key, count in zip(self._op_lists, counts):
+                    lists[key] = tensors[start:start + count]
+                    start += count
+                lists["first_step"] = list(first_step)
+                lists["precision"] = dict(precision)
+                self._restore_new_state(lists, withheld)
+                if is_complex:
+                    self._as_real(lists)
+                self._run_native(group, lists)
+
+    def _init_group(self, group, tensors):
+        """Prepares a group's compiled step; torch.compile calls it eagerly
+        while tracing (as for torch.optim's optimizers), then guards on the
+        params, grads and state it saw. Creates missing state, checks the
+        params and appends every bucket's op lists to `tensors`. Returns per
+        bucket what the traced step needs besides: the lists' lengths,
+        whether complex, the new states withheld from the state
+        (_withhold_new_state), first_step and the precision arguments; None
+        where the group cannot step in a graph (see _eager_step_untraced)."""
+        buckets, sparse, _ = self._buckets(group)
+        if sparse or not self._hyper_traceable(group) or any(
+                distributed or not self._runs_native(device) for device, _, distributed, _ in buckets):
+            return None
+        layout = []
+        for (_, dtype, _, _), _, lists in self._gather_buckets(group, buckets):
+            withheld = self._withhold_new_state(lists)
+            for key in self._op_lists:
+                tensors.extend(lists.get(key, ()))
+            layout.append((tuple(len(lists.get(key, ())) for key in self._op_lists), dtype.is_complex, withheld,
+                           tuple(lists.get("first_step", ())), tuple(lists["precision"].items())))
+        return tuple(layout)
+
+    def _hyper_traceable(self, group):
+        """Whether the op can take the group's hyperparameters inside a graph."""
+        return True
+
+    def _withhold_new_state(self, lists):
+        """Takes state whose creation changes the compiled step back out of the
+        state, so that the guards see it missing and the next call compiles
+        again; returns its indices in the bucket for _restore_new_state."""
+        return ()
+
+    def _restore_new_state(self, lists, withheld):
+        """Puts withheld state back, from the traced step."""
+
     def _step_planned(self, group):
         plan = self._plans.get(id(group)) if self._plans else None
-        if plan is None or torch.compiler.is_compiling():
+        if plan is None:
             return False
         if not plan.matches(self, group):
             del self._plans[id(group)]
@@ -353,10 +449,13 @@ class FusedOptimizer(Optimizer):
         raise NotImplementedError
 
 
-@torch.compiler.disable
-def _make_plan(optimizer, group, bucket_lists):
-    # Never traced: the C++ lists are an eager-mode cache.
-    return _Plan(optimizer, group, bucket_lists)
+@torch.compiler.disable(reason="fusedopt steps eagerly: a param group has params without a native kernel "
+                                "(or backend='reference'), sparse grads, DTensor params or tensor betas")
+def _eager_step_untraced(optimizer):
+    # The eager step's per-param Python is never traced, also where it runs
+    # inside a compiled function (a graph break, a frame dynamo gave up on
+    # after too many recompiles): dynamo would compile it frame by frame.
+    optimizer._eager_step()
 
 
 _INDEXED_NAME = re.compile(r"\b([a-z_]+)\[(\d+)\]")

@@ -13,6 +13,7 @@ class SGD(FusedOptimizer):
     _op = "sgd_"
     _element_lists = ("params", "grads", "momentum_buffers")
     _state_lists = ("momentum_buffers",)
+    _op_lists = ("params", "grads", "momentum_buffers", "state_steps", "companions")
     _state_keys = {"momentum_buffers": "momentum_buffer"}
     _state_signs = (True,)
     _setstate_defaults = {"nesterov": False, "maximize": False, "foreach": None,
@@ -50,6 +51,18 @@ class SGD(FusedOptimizer):
                     buf = state["momentum_buffer"] = _precision.zeros(group, p)
                 lists["momentum_buffers"].append(buf)
         return lists
+
+    def _withhold_new_state(self, lists):
+        # A new buffer takes the gradient (first_step): a compiled step that
+        # made it must not run again once it holds momentum.
+        fresh = tuple(i for i, first in enumerate(lists["first_step"]) if first)
+        for i in fresh:
+            del self.state[lists["params"][i]]["momentum_buffer"]
+        return fresh
+
+    def _restore_new_state(self, lists, withheld):
+        for i in withheld:
+            self.state[lists["params"][i]]["momentum_buffer"] = lists["momentum_buffers"][i]
 
     def _hyper(self, group):
         return dict(lr=self._lr(group), weight_decay=as_float(group["weight_decay"]),

@@ -79,18 +79,23 @@ struct alignas(kVectorBytes) Pack {
   T v[V];
 };
 
+// The tensor of this block: the last whose first block is at or before it.
+__device__ __forceinline__ int tensor_of_block(const int32_t* first_block, int count) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_block[mid] <= static_cast<int32_t>(blockIdx.x)) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 template <typename T, class Update, int K>
 __global__ void __launch_bounds__(kBlock)
     multi_tensor_kernel(const __grid_constant__ TensorTable<Update, K> table,
                         const __grid_constant__ LaunchScalars<typename Update::Hyper> sc) {
   using M = typename MathOf<T>::type;
   if (sc.found_inf != nullptr && *sc.found_inf != 0.0f) return;
-  int lo = 0, hi = table.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (table.first_block[mid] <= static_cast<int32_t>(blockIdx.x)) lo = mid; else hi = mid - 1;
-  }
-  const int t = lo;
+  const int t = tensor_of_block(table.first_block, table.count);
   const int64_t begin = static_cast<int64_t>(blockIdx.x - table.first_block[t]) * kChunk;
   const int64_t n = min(table.numel[t] - begin, static_cast<int64_t>(kChunk));
 
@@ -168,26 +173,23 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// Launches Update over tensors [0, l.count) on the current stream;
-// make_update(t) forms tensor t's functor on the host (not called when the
-// steps live on the device). Tensors with no elements are skipped.
-template <typename T, class Update, class MakeUpdate>
-void multi_tensor_apply(const cpu::TensorLists& l, const typename Update::Hyper& hyper, MakeUpdate&& make_update) {
-  constexpr int K = Update::kStates;
-  using Table = TensorTable<Update, K>;
+// Fills tables of tensors [0, l.count) and launches each, a chunk per block:
+// a table holds at most Table::kTensors tensors and 2^31 blocks. The fields
+// every table has are filled here (numel, steps, updates, first_block);
+// fill(table, i, t) adds the kernel's own (its streams) for tensor t in row
+// i, and launch(table, blocks) launches a full table. make_update(t) forms
+// tensor t's functor on the host (not called when the steps live on the
+// device). Tensors with no elements are skipped.
+template <class Table, class Update, class MakeUpdate, class Fill, class Launch>
+void launch_tables(const cpu::TensorLists& l, MakeUpdate&& make_update, Fill&& fill, Launch&& launch) {
   static_assert(Table::kTensors >= 8, "too few tensors per launch");
-  static_assert(sizeof(Table) + sizeof(LaunchScalars<typename Update::Hyper>) <= kArgBytes,
-                "kernel arguments over 4 KiB");
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const LaunchScalars<typename Update::Hyper> sc{hyper, l.device_lr, l.grad_scale, l.found_inf, l.reg_weight};
   Table table;
   table.count = 0;
   int64_t blocks = 0;
-  const auto launch = [&] {
+  const auto flush = [&] {
     if (table.count > 0) {
       table.first_block[table.count] = static_cast<int32_t>(blocks);
-      multi_tensor_kernel<T, Update, K><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(table, sc);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(table, blocks);
     }
     table.count = 0;
     blocks = 0;
@@ -197,20 +199,44 @@ void multi_tensor_apply(const cpu::TensorLists& l, const typename Update::Hyper&
     if (numel == 0) continue;
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
     FUSEDOPT_CHECK(chunks < (int64_t{1} << 30), "fusedopt: a tensor of ", numel, " elements is too large");
-    if (blocks + chunks >= (int64_t{1} << 31) - 1) launch();
+    if (blocks + chunks >= (int64_t{1} << 31) - 1) flush();
     const int i = table.count++;
-    table.grads[i] = const_cast<void*>(l.grads[t]);  // written only with a grad_scale (grads are then `!`)
-    table.reg_grads[i] = l.reg_grads != nullptr ? l.reg_grads[t] : nullptr;
-    for (int k = 0; k < K; ++k) table.states[k][i] = l.states[k][t];
+    fill(table, i, t);
     table.numel[i] = numel;
     table.steps[i] = l.device_steps != nullptr ? l.device_steps[t] : nullptr;
     table.updates[i] = l.device_steps != nullptr ? Update{} : make_update(t);
     table.first_block[i] = static_cast<int32_t>(blocks);
     blocks += chunks;
-    if (table.count == Table::kTensors) launch();
+    if (table.count == Table::kTensors) flush();
   }
-  launch();
+  flush();
+}
+
+// Launches Update over tensors [0, l.count) of plain storage (every stream in
+// T) on the current stream.
+template <typename T, class Update, class MakeUpdate>
+void plain_apply(const cpu::TensorLists& l, const typename Update::Hyper& hyper, MakeUpdate&& make_update) {
+  constexpr int K = Update::kStates;
+  using Table = TensorTable<Update, K>;
+  static_assert(sizeof(Table) + sizeof(LaunchScalars<typename Update::Hyper>) <= kArgBytes,
+                "kernel arguments over 4 KiB");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const LaunchScalars<typename Update::Hyper> sc{hyper, l.device_lr, l.grad_scale, l.found_inf, l.reg_weight};
+  launch_tables<Table, Update>(
+      l, make_update,
+      [&](Table& table, int i, int64_t t) {
+        table.grads[i] = const_cast<void*>(l.grads[t]);  // written only with a grad_scale (grads are then `!`)
+        table.reg_grads[i] = l.reg_grads != nullptr ? l.reg_grads[t] : nullptr;
+        for (int k = 0; k < K; ++k) table.states[k][i] = l.states[k][t];
+      },
+      [&](const Table& table, int64_t blocks) {
+        multi_tensor_kernel<T, Update, K><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(table, sc);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 }  // namespace cuda
 }  // namespace fusedopt
+
+// multi_tensor_apply, which picks plain_apply or precision_apply.
+#include "cuda/precision_apply.cuh"

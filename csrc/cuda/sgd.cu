@@ -30,13 +30,19 @@ void sgd(cpu::TensorLists& all, const cpu::SgdArgs& a) {
   for (const bool first : {true, false}) {
     std::vector<int64_t> offset{0};
     std::vector<const void*> g;
-    std::vector<void*> p, b;
+    std::vector<void*> p, b, companions;
+    std::vector<uint64_t> keys;
+    std::vector<cpu::IndexMap> index;
     for (int64_t t = 0; t < all.count; ++t) {
       if ((a.first_step[t] != 0) != first) continue;
       offset.push_back(offset.back() + all.offset[t + 1] - all.offset[t]);
       g.push_back(all.grads[t]);
       p.push_back(all.states[0][t]);
       b.push_back(all.states[1][t]);
+      // the per-tensor storage of the low-precision modes follows its tensor
+      if (all.storage.companions != nullptr) companions.push_back(all.storage.companions[t]);
+      if (all.storage.keys != nullptr) keys.push_back(all.storage.keys[t]);
+      if (all.storage.index != nullptr) index.push_back(all.storage.index[t]);
     }
     if (g.empty()) continue;
     cpu::TensorLists l = all;
@@ -45,6 +51,9 @@ void sgd(cpu::TensorLists& all, const cpu::SgdArgs& a) {
     l.grads = g.data();
     l.states[0] = p.data();
     l.states[1] = b.data();
+    if (all.storage.companions != nullptr) l.storage.companions = companions.data();
+    if (all.storage.keys != nullptr) l.storage.keys = keys.data();
+    if (all.storage.index != nullptr) l.storage.index = index.data();
     if (first) sgd_lists<true>(l, a); else sgd_lists<false>(l, a);
   }
 }

@@ -1,0 +1,246 @@
+"""torch.compile of a function that calls opt.step(): fullgraph, one
+fusedopt op call per (group, device, dtype) in the captured graph, and the
+results of the eager step (bitwise) and of torch.optim (to rounding)."""
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+import fusedopt
+from helpers import STATE_KEYS, assert_same_state, clone_params, gradients, make_params, tolerances
+
+pytestmark = pytest.mark.skipif(not fusedopt.info()["native"], reason="native extension not loaded")
+
+SHAPES = [(7,), (33,), (5, 3), (1,)]
+STEPS = 4
+FP32 = tolerances(torch.float32)
+
+CASES = {
+    "SGD-momentum": ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    "SGD-nesterov": ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    "SGD-plain": ("SGD", dict(lr=0.05, maximize=True)),
+    "Adam": ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1)),
+    "AdamW-amsgrad": ("AdamW", dict(lr=0.01, amsgrad=True)),
+    "Adagrad": ("Adagrad", dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1)),
+    "RMSprop-centered-momentum": ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, momentum=0.9)),
+    "RMSprop": ("RMSprop", dict(lr=0.01, weight_decay=0.1)),
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Every test compiles the same step() code: dynamo's per-code cache
+    (and recompile limit) starts empty for each."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _fusedopt_calls(gm):
+    return [n for n in gm.graph.nodes if n.op == "call_function"
+            and isinstance(n.target, (torch._ops.OpOverloadPacket, torch._ops.OpOverload))
+            and str(n.target).startswith("fusedopt.")]
+
+
+class GraphRecorder(CompileCounter):
+    """Counts the frames compiled and keeps the fusedopt op calls of each graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.op_calls = []
+
+    def __call__(self, gm, example_inputs):
+        self.op_calls.append(_fusedopt_calls(gm))
+        return super().__call__(gm, example_inputs)
+
+
+def _steps(opt, params, step_fn, steps=STEPS, start=0):
+    for step in range(start, start + steps):
+        for p, g in zip(params, gradients(params, step)):
+            p.grad = g
+        step_fn()
+
+
+def _three(name, opts, shapes=SHAPES, dtype=torch.float32, **extra):
+    """A compiled fusedopt optimizer, an eager one and torch.optim's, on equal params."""
+    start = make_params(shapes, dtype)
+    runs = []
+    for library in (fusedopt, fusedopt, torch.optim):
+        params = clone_params(start)
+        runs.append((getattr(library, name)(params, **opts, **(extra if library is fusedopt else {})), params))
+    return runs
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float-lr", "tensor-lr"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fullgraph_step_matches_eager_and_torch(case, tensor_lr):
+    name, opts = CASES[case]
+    if tensor_lr:
+        opts = dict(opts, lr=torch.tensor(opts["lr"]))
+    (compiled, cparams), (eager, eparams), (theirs, tparams) = _three(name, opts)
+    recorder = GraphRecorder()
+    step = torch.compile(lambda: compiled.step(), backend=recorder, fullgraph=True)
+    _steps(compiled, cparams, step)
+    _steps(eager, eparams, eager.step)
+    _steps(theirs, tparams, theirs.step)
+    # A new momentum buffer takes the gradient: SGD's first step compiles on
+    # its own, as torch.optim.SGD's does.
+    assert recorder.frame_count == (2 if name == "SGD" and opts.get("momentum") else 1)
+    assert [len(calls) for calls in recorder.op_calls] == [1] * recorder.frame_count
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS[name], 0, 0)
+    assert_same_state(compiled, cparams, theirs, tparams, STATE_KEYS[name], *FP32)
+
+
+def test_inductor_step_matches_eager():
+    """The default backend, end to end: its graph holds the op and nothing
+    that copies a param or a state."""
+    (compiled, cparams), (eager, eparams), _ = _three("AdamW", dict(lr=0.01, amsgrad=True))
+    step = torch.compile(compiled.step, fullgraph=True)
+    _steps(compiled, cparams, step)
+    _steps(eager, eparams, eager.step)
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["AdamW"], 0, 0)
+
+
+def test_in_graph_work_before_and_after_the_step():
+    """The op's tensors are inputs of the graph that it mutates: clipping the
+    grads before it and reading the params after it in the same graph see
+    the right values."""
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        runs.append((model, fusedopt.AdamW(model.parameters(), lr=torch.tensor(0.01))))
+    (model, opt), (eager_model, eager_opt) = runs
+
+    def clip_step_sum(model, opt):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+        return sum(p.sum() for p in model.parameters())
+
+    compiled = torch.compile(clip_step_sum, backend="aot_eager", fullgraph=True)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for m in (model, eager_model):
+            m.zero_grad()
+            m(x).square().mean().backward()
+        torch.testing.assert_close(compiled(model, opt), clip_step_sum(eager_model, eager_opt), rtol=0, atol=0)
+    assert_same_state(eager_opt, list(eager_model.parameters()), opt, list(model.parameters()),
+                      STATE_KEYS["AdamW"], 0, 0)
+
+
+def test_one_op_call_per_group_and_dtype():
+    start = make_params(SHAPES, torch.float32) + make_params([(4,), (6,)], torch.float64)
+    runs = []
+    for _ in range(2):
+        params = clone_params(start)
+        groups = [{"params": params[:2] + params[4:5]}, {"params": params[2:4] + params[5:]}]
+        runs.append((fusedopt.Adam(groups, lr=0.01), params))
+    (compiled, cparams), (eager, eparams) = runs
+    recorder = GraphRecorder()
+    _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
+    _steps(eager, eparams, eager.step)
+    assert recorder.frame_count == 1
+    sizes = sorted(len(node.args[0]) for node in recorder.op_calls[0])
+    assert sizes == [1, 1, 2, 2]
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+
+
+def test_tensor_lr_changes_without_recompiling():
+    (compiled, cparams), (eager, eparams), _ = _three("Adam", dict(lr=torch.tensor(0.01)))
+    recorder = GraphRecorder()
+    step = torch.compile(compiled.step, backend=recorder, fullgraph=True)
+    for i in range(STEPS):
+        for opt in (compiled, eager):
+            opt.param_groups[0]["lr"].fill_(0.01 / (i + 1))
+        _steps(compiled, cparams, step, 1, i)
+        _steps(eager, eparams, eager.step, 1, i)
+    assert recorder.frame_count == 1
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+
+
+def test_float_lr_schedule_recompiles_then_steps_eagerly():
+    """A float lr is a constant of the graph: each new value compiles again,
+    and past dynamo's recompile limit the step runs eagerly, still right."""
+    (compiled, cparams), (eager, eparams), _ = _three("Adam", dict(lr=0.01))
+    recorder = GraphRecorder()
+    step = torch.compile(compiled.step, backend=recorder)
+    steps = torch._dynamo.config.recompile_limit + 3
+    for i in range(steps):
+        for opt in (compiled, eager):
+            opt.param_groups[0]["lr"] = 0.01 / (i + 1)
+        _steps(compiled, cparams, step, 1, i)
+        _steps(eager, eparams, eager.step, 1, i)
+    assert recorder.frame_count == torch._dynamo.config.recompile_limit
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+
+
+def test_amp_scale_and_skipped_step():
+    """GradScaler's grad_scale and found_inf (set on the optimizer for the
+    step) reach the op in the graph: grads unscaled, an inf step skipped."""
+    (compiled, cparams), (eager, eparams), _ = _three("Adam", dict(lr=0.01))
+    step = torch.compile(compiled.step, backend="aot_eager", fullgraph=True)
+    for i, found_inf in enumerate([0.0, 1.0, 0.0]):
+        for opt, params, fn in ((compiled, cparams, step), (eager, eparams, eager.step)):
+            for p, g in zip(params, gradients(params, i)):
+                p.grad = g * 64
+            opt.grad_scale, opt.found_inf = torch.tensor(64.0), torch.tensor(found_inf)
+            fn()
+            del opt.grad_scale, opt.found_inf
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+    assert float(compiled.state[cparams[0]]["step"]) == 2
+
+
+def test_params_without_grads_and_later_with():
+    (compiled, cparams), (eager, eparams), (theirs, tparams) = _three("RMSprop", dict(lr=0.01, momentum=0.9))
+    step = torch.compile(compiled.step, backend="eager", fullgraph=True)
+    for i in range(STEPS):
+        for opt, params, fn in ((compiled, cparams, step), (eager, eparams, eager.step),
+                                (theirs, tparams, theirs.step)):
+            for j, (p, g) in enumerate(zip(params, gradients(params, i))):
+                p.grad = g if i >= 2 or j % 2 else None
+            fn()
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["RMSprop"], 0, 0)
+    assert_same_state(compiled, cparams, theirs, tparams, STATE_KEYS["RMSprop"], *FP32)
+
+
+@pytest.mark.parametrize("options, buckets", [
+    (dict(param_precision="master"), 1), (dict(param_precision="stochastic", seed=3), 1),
+    # 8-bit states for the params of 16 elements or more: a bucket of their own
+    (dict(state_dtype="8bit", quantize_threshold=16), 2)], ids=["master", "stochastic", "8bit"])
+def test_low_precision_options(options, buckets):
+    runs = []
+    for _ in range(2):
+        params = clone_params(make_params(SHAPES, torch.bfloat16))
+        runs.append((fusedopt.SGD(params, lr=0.05, momentum=0.9, **options), params))
+    (compiled, cparams), (eager, eparams) = runs
+    recorder = GraphRecorder()
+    _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
+    _steps(eager, eparams, eager.step)
+    assert [len(calls) for calls in recorder.op_calls] == [buckets] * recorder.frame_count
+    keys = ("momentum_buffer", "master_param", "step")
+    assert_same_state(compiled, cparams, eager, eparams, keys, 0, 0)
+
+
+def test_complex_params():
+    (compiled, cparams), (eager, eparams), (theirs, tparams) = _three("Adam", dict(lr=0.01), dtype=torch.complex64)
+    step = torch.compile(compiled.step, backend="eager", fullgraph=True)
+    _steps(compiled, cparams, step)
+    _steps(eager, eparams, eager.step)
+    _steps(theirs, tparams, theirs.step)
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+    assert_same_state(compiled, cparams, theirs, tparams, STATE_KEYS["Adam"], *FP32)
+
+
+@pytest.mark.parametrize("what", ["reference-backend", "tensor-betas"])
+def test_groups_the_graph_cannot_hold_step_eagerly(what):
+    """A graph break where the op cannot run in the graph: refused with a
+    reason under fullgraph, right results without."""
+    opts = dict(lr=0.01, betas=(torch.tensor(0.8), torch.tensor(0.95))) if what == "tensor-betas" else dict(lr=0.01)
+    extra = dict(backend="reference") if what == "reference-backend" else {}
+    (compiled, cparams), (eager, eparams), _ = _three("Adam", opts, **extra)
+    for p, g in zip(cparams, gradients(cparams, 0)):
+        p.grad = g
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="fusedopt steps eagerly"):
+        torch.compile(compiled.step, backend="eager", fullgraph=True)()
+    _steps(compiled, cparams, torch.compile(compiled.step, backend="eager"))
+    _steps(eager, eparams, eager.step)
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
