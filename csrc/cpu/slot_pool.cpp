@@ -64,6 +64,16 @@ struct alignas(64) Worker {
   std::atomic<uint32_t> sleeping{0};  // 1 while it waits (or is about to wait) on `wake`
 };
 
+// One participant's share of a job: slots [next, end) of its contiguous
+// region, with the job's epoch, in one word so that a claim is one CAS. The
+// owner takes slots from the front, others steal from the back, so each
+// thread streams through memory in order (a step's streams are read once:
+// slots handed out in turn, 128 KB to one thread and the next 128 KB to the
+// other, cost large steps 15-25% against two contiguous halves).
+struct alignas(64) Region {
+  std::atomic<uint64_t> word{0};  // epoch << 32 | next << 16 | end
+};
+
 class Pool {
  public:
   // Whether this caller got the pool; the pool serves one caller at a time.
@@ -72,19 +82,25 @@ class Pool {
 
   void run(int64_t slots, int helpers, SlotFn fn, void* context) {
     helpers = start_workers(helpers);
+    const int participants = helpers + 1;
     fn_ = fn;
     context_ = context;
     error_ = nullptr;
+    slots_.store(static_cast<uint32_t>(slots), std::memory_order_relaxed);
+    participants_.store(participants, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
     caller_sleeps_.store(0, std::memory_order_relaxed);
     const uint32_t epoch = ++epoch_;
-    claim_.store(static_cast<uint64_t>(epoch) << 32 | static_cast<uint64_t>(slots) << 16,
-                 std::memory_order_seq_cst);
+    for (int r = 0; r < participants; ++r) {
+      const uint64_t begin = static_cast<uint64_t>(slots * r / participants);
+      const uint64_t end = static_cast<uint64_t>(slots * (r + 1) / participants);
+      regions_[r].word.store(static_cast<uint64_t>(epoch) << 32 | begin << 16 | end, std::memory_order_seq_cst);
+    }
     for (int i = 0; i < helpers; ++i) {
       workers_[i].wake.store(epoch, std::memory_order_seq_cst);
       if (workers_[i].sleeping.load(std::memory_order_seq_cst)) futex_wake(&workers_[i].wake, 1);
     }
-    help(epoch);
+    help(epoch, 0);
     const uint32_t total = static_cast<uint32_t>(slots);
     const auto finished = [&] { return done_.load(std::memory_order_acquire) == total; };
     if (!spin_until(finished, kCallerSpinUs)) {
@@ -97,34 +113,46 @@ class Pool {
   }
 
  private:
-  // Claims the next slot of job `epoch`, if that job still has one.
-  bool claim(uint32_t epoch, int64_t& slot, uint32_t& slots) {
-    uint64_t word = claim_.load(std::memory_order_acquire);
+  // Takes a slot of job `epoch` from region r: its first (front) or its last.
+  bool take(Region& r, uint32_t epoch, bool front, int64_t& slot) {
+    uint64_t word = r.word.load(std::memory_order_acquire);
     for (;;) {
       if (static_cast<uint32_t>(word >> 32) != epoch) return false;
-      slots = static_cast<uint32_t>(word >> 16) & 0xffff;
-      const uint32_t next = static_cast<uint32_t>(word) & 0xffff;
-      if (next >= slots) return false;
-      if (claim_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
-        slot = next;
+      const uint64_t next = (word >> 16) & 0xffff, end = word & 0xffff;
+      if (next >= end) return false;
+      const uint64_t taken = front ? word + (uint64_t{1} << 16) : word - 1;
+      if (r.word.compare_exchange_weak(word, taken, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        slot = static_cast<int64_t>(front ? next : end - 1);
         return true;
       }
     }
   }
 
-  // Runs slots of job `epoch` until none is left. A slot claimed keeps the
-  // job (fn_, context_) alive: the caller does not return before it is done.
-  void help(uint32_t epoch) {
+  // Participant p's next slot of job `epoch`: from its own region, then the
+  // last slots of the others' (a helper the scheduler has not run leaves its
+  // whole region to be taken), nearest region first.
+  bool claim(uint32_t epoch, int p, int64_t& slot) {
+    if (take(regions_[p], epoch, true, slot)) return true;
+    const int participants = participants_.load(std::memory_order_relaxed);
+    for (int k = 1; k < participants; ++k) {
+      if (take(regions_[(p + k) % participants], epoch, false, slot)) return true;
+    }
+    return false;
+  }
+
+  // Runs slots of job `epoch` as participant p until none is left. A slot
+  // claimed keeps the job (fn_, context_, slots_) alive: the caller does not
+  // return before it is done.
+  void help(uint32_t epoch, int p) {
     int64_t slot;
-    uint32_t slots;
-    while (claim(epoch, slot, slots)) {
+    while (claim(epoch, p, slot)) {
       try {
         fn_(context_, slot);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
       }
-      if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == slots &&
+      if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == slots_.load(std::memory_order_relaxed) &&
           caller_sleeps_.load(std::memory_order_seq_cst)) {
         futex_wake(&done_, 1);
       }
@@ -142,7 +170,7 @@ class Pool {
         w.sleeping.store(0, std::memory_order_relaxed);
       }
       seen = w.wake.load(std::memory_order_acquire);
-      help(seen);
+      help(seen, index + 1);
     }
   }
 
@@ -161,9 +189,11 @@ class Pool {
     return std::min(helpers, started_);
   }
 
-  alignas(64) std::atomic<uint64_t> claim_{0};  // epoch << 32 | slots << 16 | next slot
-  alignas(64) std::atomic<uint32_t> done_{0};   // slots of this job finished
+  Region regions_[kMaxHelpers + 1];            // participant 0 is the caller, i + 1 helper i
+  alignas(64) std::atomic<uint32_t> done_{0};  // slots of this job finished
   std::atomic<uint32_t> caller_sleeps_{0};
+  std::atomic<uint32_t> slots_{0};
+  std::atomic<int> participants_{1};
   alignas(64) std::atomic<bool> busy_{false};
   uint32_t epoch_ = 0;
   int started_ = 0;

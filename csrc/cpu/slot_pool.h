@@ -22,7 +22,7 @@ namespace cpu {
 
 using SlotFn = void (*)(void* context, int64_t slot);
 
-// The most slots one call may have (the claim counter is 16 bits wide).
+// The most slots one call may have (a claim's cursors are 16 bits wide).
 constexpr int64_t kMaxSlots = 65535;
 
 // Calls fn(context, s) exactly once for every s in [0, slots), on the
