@@ -416,62 +416,84 @@ FUSEDOPT_ALWAYS_INLINE void narrow_state(const TensorLists& l, int64_t t, int k,
 // cache that way), and the low-precision modes of cpu::Storage, whose
 // conversions (stochastic rounding, compensated and master params) happen
 // here, once per block, around the same update.
+//
+// load_block and store_block hold everything of a block but the update, so
+// they are compiled once per param type, not into each of the ~90 update
+// functors: inlined there, each kernels_<isa>.cpp took 5-10 minutes to build
+// on 2 cores. A call per 512 elements costs nothing measurable.
+
+// The block [at, at + n) of tensor t as float32: its gradient in g (AMP:
+// divided by the scale and stored back unscaled), the param (plus its
+// compensated residual, or the float32 master) in s[0], its states in s[1..S).
+// Returns whether r holds the regularizer's gradient (fusedopt.classic).
+template <typename T>
+__attribute__((noinline)) bool load_block(const TensorLists& l, int64_t t, int64_t at, int n, int S, float* g,
+                                          float* r, float (*s)[kBlock]) {
+  const Storage& st = l.storage;
+  T* grad = static_cast<T*>(const_cast<void*>(l.grads[t])) + at;
+  widen(grad, g, n);
+  if (l.grad_scale != nullptr) {
+    const float scale = *l.grad_scale;
+    for (int i = 0; i < n; ++i) g[i] = g[i] / scale;
+    narrow(g, grad, n);  // the op declares its grads mutable when it passes a grad_scale
+  }
+  if (st.param == ParamStorage::kMaster) {
+    std::memcpy(s[0], static_cast<const float*>(l.states[0][t]) + at, sizeof(float) * n);
+  } else {
+    widen(static_cast<const T*>(l.states[0][t]) + at, s[0], n);
+  }
+  if (st.param == ParamStorage::kCompensated) {
+    widen(static_cast<const BFloat16*>(st.companions[t]) + at, r, n);
+    for (int i = 0; i < n; ++i) s[0][i] += r[i];
+  }
+  for (int k = 1; k < S; ++k) widen_state(l, t, k, l.states[k][t], at, s[k], n);
+  if (l.reg_grads == nullptr) return false;
+  widen(static_cast<const T*>(l.reg_grads[t]) + at, r, n);
+  return true;
+}
+
+// The updated block back to its storage, rounded as the storage asks.
+template <typename T>
+__attribute__((noinline)) void store_block(const TensorLists& l, int64_t t, int64_t at, int n, int S,
+                                           float (*s)[kBlock]) {
+  const Storage& st = l.storage;
+  T* param = static_cast<T*>(l.states[0][t]) + at;
+  if (st.param == ParamStorage::kMaster) {
+    std::memcpy(static_cast<float*>(l.states[0][t]) + at, s[0], sizeof(float) * n);
+    narrow(s[0], static_cast<T*>(st.companions[t]) + at, n);
+  } else if (st.param == ParamStorage::kCompensated) {
+    if constexpr (!std::is_same_v<T, float>) {
+      BFloat16* residual = static_cast<BFloat16*>(st.companions[t]) + at;
+      for (int i = 0; i < n; ++i) {
+        uint16_t kept, dropped;
+        math::split_compensated<std::is_same_v<T, Half>>(s[0][i], kept, dropped);
+        param[i] = T{kept};
+        residual[i] = BFloat16{dropped};
+      }
+    }
+  } else if (st.param_stochastic && !std::is_same_v<T, float>) {
+    alignas(64) uint32_t random[kBlock];
+    random_block(l, t, at, n, slot_key(l, t, 0), random);
+    narrow_stochastic(s[0], param, random, n);
+  } else {
+    narrow(s[0], param, n);
+  }
+  for (int k = 1; k < S; ++k) narrow_state(l, t, k, s[k], l.states[k][t], at, n);
+}
+
 template <typename T, class Update, std::size_t... K>
 void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
                           std::index_sequence<K...>) {
   constexpr int S = sizeof...(K);
-  const Storage& st = l.storage;
   alignas(64) float g[kBlock], r[kBlock], s[S][kBlock];
-  const T* grad = static_cast<const T*>(l.grads[t]) + begin;
-  const T* reg = l.reg_grads != nullptr ? static_cast<const T*>(l.reg_grads[t]) + begin : nullptr;
-  void* slot[S] = {l.states[K][t]...};
-  for (int64_t b = 0; b < end - begin; b += kBlock) {
-    const int n = static_cast<int>(end - begin - b < kBlock ? end - begin - b : kBlock);
-    const int64_t at = begin + b;
-    widen(grad + b, g, n);
-    if (l.grad_scale != nullptr) {
-      const float scale = *l.grad_scale;
-      for (int i = 0; i < n; ++i) g[i] = g[i] / scale;
-      narrow(g, const_cast<T*>(grad) + b, n);  // AMP: stored back unscaled
-    }
-    if (st.param == ParamStorage::kMaster) {
-      std::memcpy(s[0], static_cast<const float*>(slot[0]) + at, sizeof(float) * n);
-    } else {
-      widen(static_cast<const T*>(slot[0]) + at, s[0], n);
-    }
-    if (st.param == ParamStorage::kCompensated) {
-      widen(static_cast<const BFloat16*>(st.companions[t]) + at, r, n);
-      for (int i = 0; i < n; ++i) s[0][i] += r[i];
-    }
-    for (int k = 1; k < S; ++k) widen_state(l, t, k, slot[k], at, s[k], n);
-    if (reg != nullptr) {
-      widen(reg + b, r, n);
+  for (int64_t at = begin; at < end; at += kBlock) {
+    const int n = static_cast<int>(end - at < kBlock ? end - at : kBlock);
+    if (load_block<T>(l, t, at, n, S, g, r, s)) {
       update_run<float>(u, RegularizedGrad<float>{g, r, static_cast<float>(l.reg_weight)}, n, s[K]...);
     } else {
       update_run<float>(u, PlainGrad<float>{g}, n, s[K]...);
     }
-    T* param = static_cast<T*>(slot[0]) + at;
-    if (st.param == ParamStorage::kMaster) {
-      std::memcpy(static_cast<float*>(slot[0]) + at, s[0], sizeof(float) * n);
-      narrow(s[0], static_cast<T*>(st.companions[t]) + at, n);
-    } else if (st.param == ParamStorage::kCompensated) {
-      if constexpr (!std::is_same_v<T, float>) {
-        BFloat16* residual = static_cast<BFloat16*>(st.companions[t]) + at;
-        for (int i = 0; i < n; ++i) {
-          uint16_t kept, dropped;
-          math::split_compensated<std::is_same_v<T, Half>>(s[0][i], kept, dropped);
-          param[i] = T{kept};
-          residual[i] = BFloat16{dropped};
-        }
-      }
-    } else if (st.param_stochastic && !std::is_same_v<T, float>) {
-      alignas(64) uint32_t random[kBlock];
-      random_block(l, t, at, n, slot_key(l, t, 0), random);
-      narrow_stochastic(s[0], param, random, n);
-    } else {
-      narrow(s[0], param, n);
-    }
-    for (int k = 1; k < S; ++k) narrow_state(l, t, k, s[k], slot[k], at, n);
+    store_block<T>(l, t, at, n, S, s);
   }
 }
 
