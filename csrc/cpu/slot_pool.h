@@ -10,9 +10,10 @@
 // 47-72 ms with 2 more busy processes; an OpenMP region whose threads claim
 // slots from an atomic counter, 29 and 76 ms (the barrier still waits for the
 // late thread); this pool 2.7-3.5 and 3-20 ms. Here the caller and the
-// helpers claim slots one at a time from one atomic counter: a helper that
-// wakes late finds nothing left and does nothing, and the caller waits only
-// for slots that were claimed and are still running.
+// helpers claim slots one at a time, each from its own region first and then
+// from the back of the others': a helper that wakes late finds its region
+// taken, and the caller waits only for slots that were claimed and are still
+// running.
 #pragma once
 
 #include <cstdint>
