@@ -16,10 +16,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # (csrc/cpu/kernels_<isa>.cpp) and picked at run time, so one build runs on
 # any x86-64. -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt
 # and if-convert selects; neither changes any result (no -ffast-math).
-# -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in torch's
-# headers, so without it the kernels run on one thread. The extension then
-# needs libgomp.so.1, which resolves to the copy torch has already loaded:
-# one OpenMP runtime and one thread pool for torch and fusedopt.
+# -fopenmp: the kernels' `#pragma omp simd` loops. The extension then needs
+# libgomp.so.1, which resolves to the copy torch has already loaded. Its
+# thread pool is not used: CPU steps share work through fusedopt's own
+# helper threads (csrc/cpu/slot_pool.h).
 # No -std: torch's build helpers add the C++ standard torch itself was built
 # with (C++17 before torch 2.13, C++20 from it).
 CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]

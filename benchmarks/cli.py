@@ -41,6 +41,9 @@ def parse_args(argv):
                    help="run the low-precision training comparison instead (bfloat16 params and states "
                         "under each param_precision against float32; more options: "
                         "python -m benchmarks.train_precision --help)")
+    p.add_argument("--contended", action="store_true",
+                   help="time the step quiet and while busy processes hold every core instead (median and "
+                        "p90; more options: python -m benchmarks --contended --help)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps for --train and --train-precision (default 300)")
     return p.parse_args(argv)
@@ -52,6 +55,10 @@ def fail(message):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--contended" in argv:
+        from . import contended
+        return contended.main([a for a in argv if a != "--contended"])
     args = parse_args(argv)
     steps = [] if args.steps is None else ["--steps", str(args.steps)]
     if args.train:

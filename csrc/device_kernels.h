@@ -1,7 +1,7 @@
 // What a device contributes to the fusedopt ops: one function per algorithm
 // over prepared tensor lists. The op glue (ops_impl.cpp) is written once and
 // picks the table of the params' device; the CPU table runs the kernels of
-// the active instruction set on torch's thread pool (cpu/device_table.cpp),
+// the active instruction set on fusedopt's host threads (cpu/device_table.cpp),
 // the CUDA table launches multi-tensor kernels (cuda/).
 #pragma once
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/kernel_api.h"
+#include "cpu/slot_pool.h"
 #include "message.h"
 
 namespace {
@@ -21,6 +22,10 @@ std::string set_cpu_isa(std::string name) {
               name, "'; this CPU supports ", fusedopt::cpu::supported_isas());
   return cpu_isa();
 }
+
+// For tests: how many host loops so far shared their work with fusedopt's
+// helper threads.
+int64_t cpu_helped_runs() { return fusedopt::cpu::helped_runs(); }
 
 }  // namespace
 
@@ -86,6 +91,7 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cpu_isas_supported() -> str", &cpu_isas_supported);
   m.def("set_cpu_isa(str name) -> str", &set_cpu_isa);
+  m.def("cpu_helped_runs() -> int", &cpu_helped_runs);
 }
 
 // The ops only mutate tensors and return nothing, and optimizers call them

@@ -110,7 +110,7 @@ class StepInputs {
       k.increment_steps(step_ptrs_.data(), static_cast<int64_t>(step_ptrs_.size()), l.found_inf);
       l.device_steps = step_ptrs_.data();
     } else if (has_steps) {
-      host_steps_ = increment_steps(op, steps, params.size());
+      host_steps_ = increment_steps(op, steps, params.size(), device_of(params));
     }
   }
 
@@ -356,7 +356,7 @@ void classic_adam(at::TensorList ws, at::TensorList dws, at::TensorList drs, at:
   args.amsgrad = false;
   args.maximize = false;
   const std::vector<math::AdamStep<double>> per_tensor =
-      adam_scalars(args.hyper, increment_steps("classic_adam_", steps, ws.size()));
+      adam_scalars(args.hyper, increment_steps("classic_adam_", steps, ws.size(), on.type));
   args.step = per_tensor.data();
   k.adam(prepared.lists(), args);
   prepared.finish();

@@ -84,7 +84,9 @@ class PreparedLists {
 };
 
 // Adds one to every `step` tensor (float32 or float64 scalars on the CPU, as
-// torch.optim keeps them) and returns the new values.
-std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected);
+// torch.optim keeps them) and returns the new values. device: that of the
+// step's params; only a CPU step shares this work with helper threads.
+std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected,
+                                    c10::DeviceType device);
 
 }  // namespace fusedopt

@@ -111,3 +111,30 @@ def test_train_precision_comparison_runs(tmp_path):
     assert [r["key"] for r in data["results"]] == ["fp32", "bf16-stochastic", "bf16-master"]
     for result in data["results"]:
         assert len(result["losses"]) == 3 and all(math.isfinite(x) for x in result["losses"])
+
+
+def _children():
+    me, out = str(os.getpid()), []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and f.read().rsplit(")", 1)[1].split()[1] == me:
+                    out.append(int(entry))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_contended_case_reports_both_phases_and_stops_its_busy_processes(tmp_path, capsys):
+    before = set(_children())
+    assert cli.main(["--contended", "--layouts", "small", "--small-count", "20", "--small-size", "33",
+                     "--rounds", "4", "--warmup", "1", "--busy", "2", "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "contended.json").read_text())
+    seen = {(r["implementation"], r["phase"]): r for r in data["rows"]}
+    assert set(seen) == {(name, phase) for name in ("fusedopt", "torch fused") for phase in ("quiet", "contended")}
+    for (_, phase), row in seen.items():
+        assert len(row["times_s"]) == 4 and 0 < row["median_ms"] <= row["p90_ms"]
+        assert row["busy"] == (2 if phase == "contended" else 0)
+    assert set(_children()) <= before
+    assert "contended" in capsys.readouterr().out

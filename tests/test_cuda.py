@@ -162,3 +162,24 @@ def test_traffic_op_on_cuda():
     torch.ops.fusedopt.traffic_([p], [g], [s1], [], [])
     torch.testing.assert_close(p, p0 + g)
     torch.testing.assert_close(s1, s10 + g)
+
+
+def test_host_work_of_a_cuda_step_stays_on_the_calling_thread():
+    """Checking 2000 CUDA tensors and counting their CPU step counts is host
+    work, but it never wakes fusedopt's CPU helper threads: on a GPU host the
+    cores belong to the data loader and compile workers."""
+    prior = torch.get_num_threads()
+    torch.set_num_threads(max(2, prior))
+    try:
+        params = [torch.nn.Parameter(torch.randn(1024, device="cuda")) for _ in range(2000)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        for capturable in (False, True):
+            opt = fusedopt.Adam(params, lr=1e-3, capturable=capturable)
+            opt.step()
+            before = torch.ops.fusedopt.cpu_helped_runs()
+            opt.step()
+            torch.cuda.synchronize()
+            assert torch.ops.fusedopt.cpu_helped_runs() == before
+    finally:
+        torch.set_num_threads(prior)

@@ -268,9 +268,10 @@ def test_low_precision_matches_reference_and_torch_fused(name, data, isa):
         assert_same_state(*native, *_run(case, _torch(case, fused=True), contiguous=True), keys, *tol)
 
 
-# Over 40000 elements in all, so that with 2 threads the CPU kernel cuts the
-# list into 2 ranges (one per 16384 elements, at most one per thread), with
-# the cut inside the large tensor or between tensors, wherever it falls.
+# Over 40000 elements in all, so that the CPU kernel cuts the list into
+# several slots (one per 128 KB of its streams), with cuts inside the large
+# tensor or between tensors, wherever they fall. Steps this small stay on one
+# thread; tests/test_host_threads.py covers slots shared between threads.
 _LARGE = st.one_of(st.integers(40_001, 70_000).map(lambda n: (n,)),
                    st.tuples(st.integers(200, 260), st.integers(201, 270)))
 _LARGE_PARAMS = st.tuples(st.lists(_PARAM, max_size=3), _LARGE, st.sampled_from(LAYOUTS),

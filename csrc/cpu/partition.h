@@ -1,6 +1,6 @@
 // Cuts the elements of a whole tensor list into `slots` nearly equal ranges,
 // so threads share the work across tensors as well as within them: one
-// parallel region per step, however many tensors there are. Cut points fall
+// shared job per step, however many tensors there are. Cut points fall
 // on multiples of l.align elements inside a tensor (kAlign, or a quantization
 // block), so no two threads write the same cache line or quantization block.
 #pragma once
