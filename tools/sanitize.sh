@@ -48,7 +48,7 @@ SAN_LDFLAGS="-fsanitize=address,undefined"
 
 TESTS=(tests/test_ops.py tests/test_bad_input.py tests/test_parity_reference.py tests/test_plans.py
        tests/test_amp.py tests/test_classic.py tests/test_state_dict.py tests/test_precision.py
-       tests/test_quantized.py)
+       tests/test_quantized.py tests/test_host_threads.py)
 # No test of this list is left out: the two that start a Python subprocess
 # (test_ops.py's _run_python) pass os.environ on, so the child has the preload
 # and sanitizer options too; none compiles or loads another native library.
