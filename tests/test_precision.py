@@ -248,6 +248,36 @@ def test_stochastic_rounding_is_the_same_for_any_thread_count_and_isa():
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
 
 
+@pytest.mark.parametrize("mode", ["stochastic", "compensated"])
+def test_modes_with_bfloat16_states_are_the_same_for_any_isa_and_thread_count(mode):
+    """bfloat16 states rounded to nearest (the default for bfloat16 params): the
+    AVX-512 kernels step these pieces in registers, the others through float32
+    buffers; the bits must not differ. A tensor of 3 x 20001 is cut between
+    threads at odd places; AMP's grad_scale rides along."""
+    def run(threads=None, isa=None):
+        prior = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if isa is not None:
+            fusedopt.set_cpu_isa(isa)
+        try:
+            params = clone_params(make_params([(50_000,), (3, 20_001), (17,)], torch.bfloat16))
+            opt = fusedopt.AdamW(params, lr=1e-3, param_precision=mode, seed=4)
+            opt.grad_scale = torch.tensor(4.0)
+            for step in range(4):
+                for p, g in zip(params, gradients(params, step)):
+                    p.grad = g * 4
+                opt.step()
+            return _bits(params, opt)
+        finally:
+            fusedopt.set_cpu_isa("auto")
+            torch.set_num_threads(prior)
+
+    runs = [run(threads=1), run(threads=2)] + [run(isa=isa) for isa in native_cpu_isas()]
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+
+
 def test_a_sharded_tensor_rounds_as_the_whole_one():
     """One tensor stepped whole and as two row blocks (as DTensor shards are)
     with index maps to the whole: the same bits."""

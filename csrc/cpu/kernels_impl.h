@@ -497,12 +497,86 @@ void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int6
   }
 }
 
+// bfloat16 params rounded stochastically or compensated, with bfloat16
+// states rounded to nearest, converted in registers like the plain bfloat16
+// pieces (AVX-512's 32 vector registers hold the extra streams) instead of
+// through the blocked path's buffers. Stochastic: element i's random bits are
+// random_run's hash of counter begin + i, computed in the loop; compensated:
+// math::split_compensated. The blocked path's bits, element for element.
+// Used where FUSEDOPT_DIRECT_BF16 is set.
+struct StochasticParam {
+  uint32_t low, key_low, second;  // random_run's terms for the piece's first counter
+};
+struct CompensatedParam {};
+
+template <class Mode, class Update, class Grad, typename... Ptr>
+void update_run_param(const Update& update, const Grad grad, int64_t n, const Mode mode, BFloat16* __restrict param,
+                      BFloat16* __restrict residual, Ptr __restrict... state) {
+  const Update u = update;
+  for (int64_t i = 0; i < n; ++i) {
+    float s[1 + sizeof...(Ptr)] = {to_math(param[i]), to_math(state[i])...};
+    if constexpr (std::is_same_v<Mode, CompensatedParam>) s[0] += to_math(residual[i]);
+    u(grad(i), s);
+    if constexpr (std::is_same_v<Mode, CompensatedParam>) {
+      uint16_t kept, dropped;
+      math::split_compensated<false>(s[0], kept, dropped);
+      param[i] = BFloat16{kept};
+      residual[i] = BFloat16{dropped};
+    } else {
+      const uint32_t random =
+          math::mix32(math::mix32((mode.low + static_cast<uint32_t>(i)) ^ mode.key_low) ^ mode.second);
+      param[i] = BFloat16{math::bf16_stochastic(s[0], random)};
+    }
+    int k = 1;
+    ((state[i] = from_math<BFloat16>(s[k++])), ...);
+  }
+}
+
+// Whether piece [begin, end) of a bfloat16 list can take update_run_param.
+inline bool direct_param_mode(const TensorLists& l, int64_t begin, int64_t end) {
+  const Storage& st = l.storage;
+  if (st.state_dtype != Dtype::kBFloat16 || st.state_stochastic || l.reg_grads != nullptr) return false;
+  if (st.param == ParamStorage::kCompensated) return true;
+  // Stochastic without an index map, and no carry out of the counter's low
+  // half inside the piece (random_run's fast case).
+  return st.param == ParamStorage::kPlain && st.param_stochastic && st.index == nullptr &&
+         static_cast<uint64_t>(static_cast<uint32_t>(begin)) + static_cast<uint64_t>(end - begin) <=
+             (uint64_t{1} << 32);
+}
+
+template <class Update, std::size_t... K>
+void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
+                        std::index_sequence<K...>) {
+  const Storage& st = l.storage;
+  BFloat16* param = static_cast<BFloat16*>(l.states[0][t]) + begin;
+  const BFloat16* grad = static_cast<const BFloat16*>(l.grads[t]) + begin;
+  const auto run = [&](auto g) {
+    if (st.param == ParamStorage::kCompensated) {
+      update_run_param(u, g, end - begin, CompensatedParam{}, param, static_cast<BFloat16*>(st.companions[t]) + begin,
+                       (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
+    } else {
+      const uint64_t key = slot_key(l, t, 0);
+      const StochasticParam mode{static_cast<uint32_t>(begin), static_cast<uint32_t>(key),
+                                 static_cast<uint32_t>(static_cast<uint64_t>(begin) >> 32) ^
+                                     static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u};
+      update_run_param(u, g, end - begin, mode, param, nullptr, (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
+    }
+  };
+  if (l.grad_scale != nullptr) {
+    run(ScaledGrad<BFloat16>{const_cast<BFloat16*>(grad), *l.grad_scale});
+  } else {
+    run(PlainGrad<BFloat16>{grad});
+  }
+}
+
 // One dense piece [begin, end) of tensor t.
 template <typename T, class Update>
 void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<T, BFloat16> && FUSEDOPT_DIRECT_BF16) {
     if (l.storage.plain(Dtype::kBFloat16)) {
       update_piece<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
+    } else if (direct_param_mode(l, begin, end)) {
+      update_piece_param(u, l, t, begin, end, std::make_index_sequence<Update::kStates - 1>{});
     } else {
       update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
     }
