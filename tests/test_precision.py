@@ -214,22 +214,28 @@ def test_stochastic_rounding_keeps_small_updates_that_nearest_loses():
     assert abs(results["stochastic"] - (1 + steps * delta)) < 0.002
 
 
-def _sr_adam(threads=None, isa=None, steps=4):
+def _adamw_bits(opts, threads=None, isa=None, grad_scale=None, steps=4):
+    """The bits of bfloat16 params and states after `steps` AdamW steps with
+    `opts`, on `threads` threads and the CPU kernels of `isa`. A tensor of
+    3 x 20001 is cut between threads at odd places."""
+    prior = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     if isa is not None:
         fusedopt.set_cpu_isa(isa)
     try:
         params = clone_params(make_params([(50_000,), (3, 20_001), (17,)], torch.bfloat16))
-        opt = fusedopt.AdamW(params, lr=1e-3, param_precision="stochastic", state_dtype=torch.bfloat16,
-                             stochastic_states=True, seed=4)
+        opt = fusedopt.AdamW(params, lr=1e-3, seed=4, **opts)
+        if grad_scale is not None:
+            opt.grad_scale = torch.tensor(grad_scale)
         for step in range(steps):
             for p, g in zip(params, gradients(params, step)):
-                p.grad = g
+                p.grad = g if grad_scale is None else g * grad_scale
             opt.step()
-        return params, opt
+        return _bits(params, opt)
     finally:
         fusedopt.set_cpu_isa("auto")
+        torch.set_num_threads(prior)
 
 
 def _bits(params, opt):
@@ -237,45 +243,24 @@ def _bits(params, opt):
             for t in [p.detach()] + [v for k, v in opt.state[p].items() if k != "step"]]
 
 
-def test_stochastic_rounding_is_the_same_for_any_thread_count_and_isa():
-    threads = torch.get_num_threads()
-    try:
-        runs = [_bits(*_sr_adam(threads=1)), _bits(*_sr_adam(threads=2))]
-    finally:
-        torch.set_num_threads(threads)
-    runs += [_bits(*_sr_adam(isa=isa)) for isa in native_cpu_isas()]
+def _same_for_any_thread_count_and_isa(**kwargs):
+    runs = [_adamw_bits(threads=1, **kwargs), _adamw_bits(threads=2, **kwargs)]
+    runs += [_adamw_bits(isa=isa, **kwargs) for isa in native_cpu_isas()]
     for other in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+
+
+def test_stochastic_rounding_is_the_same_for_any_thread_count_and_isa():
+    _same_for_any_thread_count_and_isa(opts=dict(param_precision="stochastic", state_dtype=torch.bfloat16,
+                                                 stochastic_states=True))
 
 
 @pytest.mark.parametrize("mode", ["stochastic", "compensated"])
 def test_modes_with_bfloat16_states_are_the_same_for_any_isa_and_thread_count(mode):
     """bfloat16 states rounded to nearest (the default for bfloat16 params): the
     AVX-512 kernels step these pieces in registers, the others through float32
-    buffers; the bits must not differ. A tensor of 3 x 20001 is cut between
-    threads at odd places; AMP's grad_scale rides along."""
-    def run(threads=None, isa=None):
-        prior = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if isa is not None:
-            fusedopt.set_cpu_isa(isa)
-        try:
-            params = clone_params(make_params([(50_000,), (3, 20_001), (17,)], torch.bfloat16))
-            opt = fusedopt.AdamW(params, lr=1e-3, param_precision=mode, seed=4)
-            opt.grad_scale = torch.tensor(4.0)
-            for step in range(4):
-                for p, g in zip(params, gradients(params, step)):
-                    p.grad = g * 4
-                opt.step()
-            return _bits(params, opt)
-        finally:
-            fusedopt.set_cpu_isa("auto")
-            torch.set_num_threads(prior)
-
-    runs = [run(threads=1), run(threads=2)] + [run(isa=isa) for isa in native_cpu_isas()]
-    for other in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+    buffers; the bits must not differ, AMP's grad_scale included."""
+    _same_for_any_thread_count_and_isa(opts=dict(param_precision=mode), grad_scale=4.0)
 
 
 def test_a_sharded_tensor_rounds_as_the_whole_one():
