@@ -55,7 +55,10 @@ runs that differ only in rounding (torch.optim.AdamW, or 2 threads, instead of
 fusedopt on 1) end within 0.04% of the baseline. The bf16 modes other than
 master keep bfloat16 m and v rounded to nearest (the default state dtype): at
 lr 3e-4 compensated with float32 states ends at +0.59% (+0.98% with bfloat16
-states) and master with bfloat16 states at +0.67% (+0.46% with float32).
+states) and master with bfloat16 states at +0.67% (+0.46% with float32). Those
+lr 3e-4 gaps are of seed 0; seeds 1-3 end with every mode 2-31% below float32
+(round-to-nearest too, -37% at seed 1): at that lr the end of a run follows its
+trajectory, not its rounding (docs/precision.md has the table).
 
 Everything is seeded (model init, batches, stochastic rounding) and the number
 of threads fixed (--threads, default 1: on a small shared machine one thread
