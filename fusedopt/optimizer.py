@@ -267,6 +267,9 @@ class FusedOptimizer(Optimizer):
             for (_, _, distributed, _), params in buckets.items():
                 if distributed:
                     _dtensor.check_grads(name, params, group["params"])
+        if any(distributed and quantized for _, _, distributed, quantized in buckets):
+            # Checked here, before any state exists: blocks of 256 over a shard would depend on the sharding.
+            raise ValueError(f"fusedopt.{name}: 8-bit states are not supported for DTensor (FSDP2) params yet")
         gathered = []
         for key, params in buckets.items():
             lists = _precision.gather(self, group, params, self._gather(group, params), self._state_keys)

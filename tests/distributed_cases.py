@@ -243,6 +243,11 @@ def case_errors_leave_everything_unchanged():
     params[0].grad = DTensor.from_local(torch.ones(6, 9), mesh, [Partial()], run_check=False)
     _expect_error(opt.step, "Partial placement")
     unchanged(opt)
+    # 8-bit states of DTensor params: not supported yet, refused before any state exists.
+    opt = fusedopt.Adam(params[:1], lr=0.1, state_dtype="8bit", quantize_threshold=0)
+    params[0].grad = distribute_tensor(torch.ones(6, 9), mesh, [Shard(0)])
+    _expect_error(opt.step, "8-bit states are not supported for DTensor")
+    unchanged(opt)
     # A state laid out unlike its param (a hand-edited state).
     opt = fusedopt.Adam(params[:1], lr=0.1)
     params[0].grad = distribute_tensor(torch.ones(6, 9), mesh, [Shard(0)])
