@@ -16,13 +16,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # (csrc/cpu/kernels_<isa>.cpp) and picked at run time, so one build runs on
 # any x86-64. -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt
 # and if-convert selects; neither changes any result (no -ffast-math).
-# -fopenmp: the kernels' `#pragma omp simd` loops. The extension then needs
-# libgomp.so.1, which resolves to the copy torch has already loaded. Its
-# thread pool is not used: CPU steps share work through fusedopt's own
-# helper threads (csrc/cpu/slot_pool.h).
+# No -fopenmp: nothing here uses OpenMP (CPU steps share their work through
+# fusedopt's own helper threads, csrc/cpu/slot_pool.h, and the loops are
+# vectorized without `#pragma omp simd`), so the extension does not link
+# libgomp.
 # No -std: torch's build helpers add the C++ standard torch itself was built
 # with (C++17 before torch 2.13, C++20 from it).
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
 
@@ -38,10 +38,7 @@ def build_cuda():
     return torch.version.cuda is not None and torch.cuda.is_available() and CUDA_HOME is not None
 
 
-options = dict(
-    include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")],
-    extra_link_args=["-fopenmp"],
-)
+options = dict(include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")])
 if build_cuda():
     extension = CUDAExtension("fusedopt._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
                               extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, **options)

@@ -4,7 +4,7 @@
 // or ISA-specific linkage, so no function built for AVX2 can be picked by the
 // linker for a caller built for the baseline.
 //
-// Each piece of a tensor is one `#pragma omp simd` loop that loads every
+// Each piece of a tensor is one vectorized loop that loads every
 // stream once, runs the algorithm's update functor in the math type (float,
 // or double for float64), and stores every state once: one pass over memory.
 
