@@ -176,20 +176,31 @@ FUSEDOPT_ALWAYS_INLINE void narrow(const float* src, T* dst, int n) {
   for (; i < n; ++i) dst[i] = from_math<T>(src[i]);
 }
 
-// math::random_bits for the n consecutive counters first, first + 1, ...:
-// while their high halves agree (all but one run in 2^32), the same hash on
+// math::random_bits(key, first + i) for a run of consecutive counters whose
+// high halves agree (all but one run in 2^32: `fits`), as the same hash on
 // 32-bit lanes only, which vectorizes.
+struct RandomRun {
+  uint32_t low, key_low, second;
+  RandomRun(uint64_t key, uint64_t first)
+      : low(static_cast<uint32_t>(first)),
+        key_low(static_cast<uint32_t>(key)),
+        second(static_cast<uint32_t>(first >> 32) ^ static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u) {}
+  static bool fits(uint64_t first, int64_t n) {
+    return static_cast<uint64_t>(static_cast<uint32_t>(first)) + static_cast<uint64_t>(n) <= (uint64_t{1} << 32);
+  }
+  FUSEDOPT_ALWAYS_INLINE uint32_t operator()(uint32_t i) const {
+    return math::mix32(math::mix32((low + i) ^ key_low) ^ second);
+  }
+};
+
+// math::random_bits for the n consecutive counters first, first + 1, ...
 FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, uint32_t* out) {
-  const uint32_t low = static_cast<uint32_t>(first);
-  if (static_cast<uint64_t>(low) + static_cast<uint64_t>(n) > (uint64_t{1} << 32)) {
+  if (!RandomRun::fits(first, n)) {
     for (int i = 0; i < n; ++i) out[i] = math::random_bits(key, first + static_cast<uint64_t>(i));
     return;
   }
-  const uint32_t key_low = static_cast<uint32_t>(key);
-  const uint32_t second = static_cast<uint32_t>(first >> 32) ^ static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u;
-  for (int i = 0; i < n; ++i) {
-    out[i] = math::mix32(math::mix32((low + static_cast<uint32_t>(i)) ^ key_low) ^ second);
-  }
+  const RandomRun run(key, first);
+  for (int i = 0; i < n; ++i) out[i] = run(static_cast<uint32_t>(i));
 }
 
 // Stochastic rounding's random bits for elements [begin, begin + n) of
@@ -500,13 +511,10 @@ void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int6
 // bfloat16 params rounded stochastically or compensated, with bfloat16
 // states rounded to nearest, converted in registers like the plain bfloat16
 // pieces (AVX-512's 32 vector registers hold the extra streams) instead of
-// through the blocked path's buffers. Stochastic: element i's random bits are
-// random_run's hash of counter begin + i, computed in the loop; compensated:
-// math::split_compensated. The blocked path's bits, element for element.
-// Used where FUSEDOPT_DIRECT_BF16 is set.
-struct StochasticParam {
-  uint32_t low, key_low, second;  // random_run's terms for the piece's first counter
-};
+// through the blocked path's buffers. Stochastic (Mode = RandomRun): element
+// i's random bits are those of counter begin + i, computed in the loop;
+// compensated: math::split_compensated. The blocked path's bits, element for
+// element. Used where FUSEDOPT_DIRECT_BF16 is set.
 struct CompensatedParam {};
 
 template <class Mode, class Update, class Grad, typename... Ptr>
@@ -523,9 +531,7 @@ void update_run_param(const Update& update, const Grad grad, int64_t n, const Mo
       param[i] = BFloat16{kept};
       residual[i] = BFloat16{dropped};
     } else {
-      const uint32_t random =
-          math::mix32(math::mix32((mode.low + static_cast<uint32_t>(i)) ^ mode.key_low) ^ mode.second);
-      param[i] = BFloat16{math::bf16_stochastic(s[0], random)};
+      param[i] = BFloat16{math::bf16_stochastic(s[0], mode(static_cast<uint32_t>(i)))};
     }
     int k = 1;
     ((state[i] = from_math<BFloat16>(s[k++])), ...);
@@ -537,11 +543,9 @@ inline bool direct_param_mode(const TensorLists& l, int64_t begin, int64_t end) 
   const Storage& st = l.storage;
   if (st.state_dtype != Dtype::kBFloat16 || st.state_stochastic || l.reg_grads != nullptr) return false;
   if (st.param == ParamStorage::kCompensated) return true;
-  // Stochastic without an index map, and no carry out of the counter's low
-  // half inside the piece (random_run's fast case).
+  // Stochastic without an index map, over counters of one RandomRun.
   return st.param == ParamStorage::kPlain && st.param_stochastic && st.index == nullptr &&
-         static_cast<uint64_t>(static_cast<uint32_t>(begin)) + static_cast<uint64_t>(end - begin) <=
-             (uint64_t{1} << 32);
+         RandomRun::fits(static_cast<uint64_t>(begin), end - begin);
 }
 
 template <class Update, std::size_t... K>
@@ -555,10 +559,7 @@ void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_
       update_run_param(u, g, end - begin, CompensatedParam{}, param, static_cast<BFloat16*>(st.companions[t]) + begin,
                        (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
     } else {
-      const uint64_t key = slot_key(l, t, 0);
-      const StochasticParam mode{static_cast<uint32_t>(begin), static_cast<uint32_t>(key),
-                                 static_cast<uint32_t>(static_cast<uint64_t>(begin) >> 32) ^
-                                     static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u};
+      const RandomRun mode(slot_key(l, t, 0), static_cast<uint64_t>(begin));
       update_run_param(u, g, end - begin, mode, param, nullptr, (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
     }
   };
