@@ -90,14 +90,7 @@ def _optimi_kahan(cls_name, params, opts, probe_only=False):
 
 def _bitsandbytes_8bit(cls_name, params, opts, probe_only=False):
     """bitsandbytes' blockwise 8-bit optimizers (its CPU kernels too)."""
-    if cls_name not in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"):
-        return None
-    import bitsandbytes as bnb
-    if probe_only:
-        return True
-    if cls_name == "SGD" and not opts.get("momentum"):
-        return None  # its SGD needs momentum
-    return getattr(bnb.optim, cls_name + "8bit")(params, **opts)
+    return _bitsandbytes(cls_name, params, opts, probe_only, eight_bit=True)
 
 
 def _torchao_8bit(cls_name, params, opts, probe_only=False):
@@ -158,7 +151,7 @@ def _apex(cls_name, params, opts, probe_only=False):
     return FusedAdam(params, adam_w_mode=cls_name == "AdamW", **_adam_options(cls_name, opts))
 
 
-def _bitsandbytes(cls_name, params, opts, probe_only=False):
+def _bitsandbytes(cls_name, params, opts, probe_only=False, eight_bit=False):
     if cls_name not in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"):
         return None
     import bitsandbytes as bnb
@@ -166,6 +159,8 @@ def _bitsandbytes(cls_name, params, opts, probe_only=False):
         return True
     if cls_name == "SGD" and not opts.get("momentum"):
         return None  # bitsandbytes' SGD requires momentum
+    if eight_bit:
+        return getattr(bnb.optim, cls_name + "8bit")(params, **opts)
     return getattr(bnb.optim, cls_name)(params, optim_bits=32, **opts)
 
 
