@@ -88,9 +88,7 @@ def state_dtype(group, p):
 def zeros(group, p):
     """A new state tensor for p (a DTensor for a DTensor p), in the group's state dtype."""
     dtype = state_dtype(group, p)
-    if dtype == torch.uint8:
-        if _dtensor.is_dtensor(p):
-            raise ValueError("fusedopt: 8-bit states are not supported for DTensor (FSDP2) params yet")
+    if dtype == torch.uint8:  # never a DTensor p: FusedOptimizer._gather_buckets refuses those first
         return torch.zeros(quantized_ref.packed_bytes(p.numel()), dtype=torch.uint8, device=p.device)
     return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
