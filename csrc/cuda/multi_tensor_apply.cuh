@@ -89,6 +89,16 @@ __device__ __forceinline__ int tensor_of_block(const int32_t* first_block, int c
   return lo;
 }
 
+// Tensor t's functor: formed on the device from its step count and lr where
+// those live there (capturable), else the one the host formed.
+template <class Update, class Table, class Scalars>
+__device__ __forceinline__ Update update_of(const Table& table, const Scalars& sc, int t) {
+  if (table.steps[t] == nullptr) return table.updates[t];
+  typename Update::Hyper h = sc.hyper;
+  if (sc.lr != nullptr) h.lr = *sc.lr;
+  return Update::at_step(h, *table.steps[t]);
+}
+
 template <typename T, class Update, int K>
 __global__ void __launch_bounds__(kBlock)
     multi_tensor_kernel(const __grid_constant__ TensorTable<Update, K> table,
@@ -99,14 +109,7 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t begin = static_cast<int64_t>(blockIdx.x - table.first_block[t]) * kChunk;
   const int64_t n = min(table.numel[t] - begin, static_cast<int64_t>(kChunk));
 
-  Update update;
-  if (table.steps[t] != nullptr) {
-    typename Update::Hyper h = sc.hyper;
-    if (sc.lr != nullptr) h.lr = *sc.lr;
-    update = Update::at_step(h, *table.steps[t]);
-  } else {
-    update = table.updates[t];
-  }
+  const Update update = update_of<Update>(table, sc, t);
   T* grad = static_cast<T*>(table.grads[t]) + begin;
   const T* reg = table.reg_grads[t] != nullptr ? static_cast<const T*>(table.reg_grads[t]) + begin : nullptr;
   T* state[K];

@@ -125,14 +125,7 @@ __global__ void __launch_bounds__(kBlock)
   const int t = tensor_of_block(table.first_block, table.count);
   const int64_t begin = static_cast<int64_t>(blockIdx.x - table.first_block[t]) * kChunk;
   const int64_t end = min(table.numel[t], begin + kChunk);
-  Update update;
-  if (table.steps[t] != nullptr) {
-    typename Update::Hyper h = sc.hyper;
-    if (sc.lr != nullptr) h.lr = *sc.lr;
-    update = Update::at_step(h, *table.steps[t]);
-  } else {
-    update = table.updates[t];
-  }
+  const Update update = update_of<Update>(table, sc, t);
   const bool master = sc.param == cpu::ParamStorage::kMaster;
   const bool compensated = sc.param == cpu::ParamStorage::kCompensated;
   const bool quantized = sc.state_dtype == cpu::Dtype::kQuant8;
