@@ -1,7 +1,6 @@
 #include "tensor_lists.h"
 
 #include <ATen/MemoryOverlap.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -136,7 +135,7 @@ void for_each_prefetched(const Lists& lists, size_t n, c10::DeviceType device, F
     }
   };
   const int64_t blocks = (static_cast<int64_t>(n) + kPrefetchBlock - 1) / kPrefetchBlock;
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int threads = cpu::host_threads();
   if (device != c10::DeviceType::CPU || static_cast<int64_t>(n) < kParallelTensors || threads < 2 ||
       blocks > cpu::kMaxSlots) {
     run(0, n);

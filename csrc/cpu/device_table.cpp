@@ -1,7 +1,6 @@
 // The CPU's DeviceKernels: each call runs the kernel of the active
 // instruction set over the whole list, cut into slots that the calling thread
 // and fusedopt's helper threads claim (cpu/slot_pool.h).
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 
@@ -62,9 +61,7 @@ void run(TensorLists& l, const Args& args) {
   if (total == 0) return;
   const int64_t bytes = total * bytes_per_element(l);
   l.slots = std::clamp<int64_t>(bytes / kSlotBytes, 1, kMaxSlotsPerCall);
-  // Inside someone's parallel region (a step called from at::parallel_for)
-  // the threads are already in use: run alone, as at::parallel_for would.
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int threads = host_threads();
   if (threads < 2 || bytes < kParallelBytes) {
     kernel(l, args, 0, l.slots);
     return;

@@ -1,5 +1,7 @@
 #include "slot_pool.h"
 
+#include <ATen/Parallel.h>
+
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/syscall.h>
@@ -231,6 +233,8 @@ void run_serially(int64_t slots, SlotFn fn, void* context) {
 }  // namespace
 
 int64_t helped_runs() { return helped.load(std::memory_order_relaxed); }
+
+int host_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
 
 void run_slots(int64_t slots, int helpers, SlotFn fn, void* context) {
   helpers = static_cast<int>(std::min<int64_t>(helpers, slots - 1));

@@ -40,6 +40,12 @@ void run_slots(int64_t slots, int helpers, Fn& fn) {
   run_slots(slots, helpers, [](void* context, int64_t slot) { (*static_cast<Fn*>(context))(slot); }, &fn);
 }
 
+// The threads a host loop may use, the caller included: torch's thread count
+// (torch.set_num_threads), or 1 inside someone's parallel region (a step
+// called from at::parallel_for), whose threads are already in use, as
+// at::parallel_for itself would run.
+int host_threads();
+
 // How many run_slots calls so far had helpers; for tests.
 int64_t helped_runs();
 
