@@ -100,12 +100,14 @@ def test_native_matches_the_reference(name, mode, dtype):
             assert all(v.dtype == mode["state_dtype"] for v in state)
 
 
+@pytest.mark.parametrize("stochastic_states", [False, True], ids=["nearest", "stochastic"])
 @pytest.mark.parametrize("name", ALGORITHMS)
-def test_float32_params_with_bfloat16_states(name):
+def test_float32_params_with_bfloat16_states(name, stochastic_states):
     base = make_params(SHAPES, torch.float32)
     ours, theirs = clone_params(base), clone_params(base)
-    native = _run(name, ours, dict(state_dtype=torch.bfloat16, stochastic_states=True))
-    reference = _run(name, theirs, dict(state_dtype=torch.bfloat16, stochastic_states=True), backend="reference")
+    mode = dict(state_dtype=torch.bfloat16, stochastic_states=stochastic_states)
+    native = _run(name, ours, mode)
+    reference = _run(name, theirs, mode, backend="reference")
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # through states that may differ by a bf16 step
         for key, value in native.state[p].items():
@@ -214,8 +216,8 @@ def test_stochastic_rounding_keeps_small_updates_that_nearest_loses():
     assert abs(results["stochastic"] - (1 + steps * delta)) < 0.002
 
 
-def _adamw_bits(opts, threads=None, isa=None, grad_scale=None, steps=4):
-    """The bits of bfloat16 params and states after `steps` AdamW steps with
+def _adamw_bits(opts, threads=None, isa=None, grad_scale=None, steps=4, dtype=torch.bfloat16):
+    """The bits of `dtype` params and their states after `steps` AdamW steps with
     `opts`, on `threads` threads and the CPU kernels of `isa`. A tensor of
     3 x 20001 is cut between threads at odd places."""
     prior = torch.get_num_threads()
@@ -224,7 +226,7 @@ def _adamw_bits(opts, threads=None, isa=None, grad_scale=None, steps=4):
     if isa is not None:
         fusedopt.set_cpu_isa(isa)
     try:
-        params = clone_params(make_params([(50_000,), (3, 20_001), (17,)], torch.bfloat16))
+        params = clone_params(make_params([(50_000,), (3, 20_001), (17,)], dtype))
         opt = fusedopt.AdamW(params, lr=1e-3, seed=4, **opts)
         if grad_scale is not None:
             opt.grad_scale = torch.tensor(grad_scale)
@@ -239,7 +241,7 @@ def _adamw_bits(opts, threads=None, isa=None, grad_scale=None, steps=4):
 
 
 def _bits(params, opt):
-    return [t.view(torch.int16).clone() for p in params
+    return [t.view(torch.int16 if t.element_size() == 2 else torch.int32).clone() for p in params
             for t in [p.detach()] + [v for k, v in opt.state[p].items() if k != "step"]]
 
 
@@ -261,6 +263,12 @@ def test_modes_with_bfloat16_states_are_the_same_for_any_isa_and_thread_count(mo
     AVX-512 kernels step these pieces in registers, the others through float32
     buffers; the bits must not differ, AMP's grad_scale included."""
     _same_for_any_thread_count_and_isa(opts=dict(param_precision=mode), grad_scale=4.0)
+
+
+def test_float32_params_with_bfloat16_states_are_the_same_for_any_isa_and_thread_count():
+    """The AVX-512 kernels step float32 params with bfloat16 states (rounded to
+    nearest) in registers, the others through float32 buffers."""
+    _same_for_any_thread_count_and_isa(opts=dict(state_dtype=torch.bfloat16), grad_scale=4.0, dtype=torch.float32)
 
 
 def test_a_sharded_tensor_rounds_as_the_whole_one():

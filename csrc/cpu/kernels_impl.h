@@ -38,10 +38,12 @@ template <typename T> struct MathType { using type = float; };
 template <> struct MathType<double> { using type = double; };
 
 #define FUSEDOPT_ALWAYS_INLINE inline __attribute__((always_inline))
-// Plain bfloat16 pieces converted in registers inside the update loop
-// (kernels_<isa>.cpp sets it where that is faster): with AVX-512's 32 vector
-// registers it is (16M-element AdamW, 1 thread: 17.4 -> 13.4 ms; torch fused
-// 17.8), with AVX2's 16 it is not (the blocked path below).
+// Plain bfloat16 pieces, and float32 params with bfloat16 states rounded to
+// nearest, converted in registers inside the update loop (kernels_<isa>.cpp
+// sets it where that is faster): with AVX-512's 32 vector registers it is
+// (16M-element AdamW, 1 thread: bfloat16 17.4 -> 13.4 ms, torch fused 17.8;
+// float32 params with bfloat16 states 28 -> 9 ms, float32 states 10), with
+// AVX2's 16 it is not (the blocked path below).
 #ifndef FUSEDOPT_DIRECT_BF16
 #define FUSEDOPT_DIRECT_BF16 0
 #endif
@@ -107,24 +109,33 @@ void update_run(const Update& update, const Grad grad, int64_t n, Ptr __restrict
     M s[sizeof...(Ptr)] = {to_math(state[i])...};
     u(grad(i), s);
     int k = 0;
-    ((state[i] = store_as<T>(s[k++])), ...);
+    ((state[i] = store_as<std::remove_pointer_t<Ptr>>(s[k++])), ...);
   }
 }
 
-template <typename T, class Update, std::size_t... K>
+// Slot K of tensor t from element `begin`: the param (K = 0) as T, a state as S.
+template <typename T, typename S, std::size_t K>
+FUSEDOPT_ALWAYS_INLINE auto slot(const TensorLists& l, int64_t t, int64_t begin) {
+  using Element = std::conditional_t<K == 0, T, S>;
+  return static_cast<Element*>(l.states[K][t]) + begin;
+}
+
+// States of type S (the params' by default; AVX-512: bfloat16 beside float32
+// params, rounded to nearest in registers).
+template <typename T, typename S = T, class Update, std::size_t... K>
 void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
                   std::index_sequence<K...>) {
   using M = typename MathType<T>::type;
   const T* grad = static_cast<const T*>(l.grads[t]) + begin;
   if (l.reg_grads != nullptr) {
     const RegularizedGrad<T> g{grad, static_cast<const T*>(l.reg_grads[t]) + begin, static_cast<M>(l.reg_weight)};
-    update_run<T>(u, g, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
+    update_run<T>(u, g, end - begin, slot<T, S, K>(l, t, begin)...);
   } else if (l.grad_scale != nullptr) {
     // The op declares its grads mutable when it passes a grad_scale.
     const ScaledGrad<T> g{const_cast<T*>(grad), static_cast<M>(*l.grad_scale)};
-    update_run<T>(u, g, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
+    update_run<T>(u, g, end - begin, slot<T, S, K>(l, t, begin)...);
   } else {
-    update_run<T>(u, PlainGrad<T>{grad}, end - begin, (static_cast<T*>(l.states[K][t]) + begin)...);
+    update_run<T>(u, PlainGrad<T>{grad}, end - begin, slot<T, S, K>(l, t, begin)...);
   }
 }
 
@@ -584,7 +595,9 @@ void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begi
   } else if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
     update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
   } else if constexpr (std::is_same_v<T, float>) {
-    if (l.storage.state_dtype != Dtype::kFloat32) {
+    if (FUSEDOPT_DIRECT_BF16 && l.storage.state_dtype == Dtype::kBFloat16 && !l.storage.state_stochastic) {
+      update_piece<T, BFloat16>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
+    } else if (l.storage.state_dtype != Dtype::kFloat32) {
       update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
     } else {
       update_piece<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
