@@ -66,13 +66,55 @@ def test_codes_are_monotone_and_keep_signs():
     assert (unsigned[1:] > 0).all(), "a positive second moment never becomes 0"
 
 
-@pytest.mark.parametrize("isa", native_cpu_isas())
-def test_first_steps_code_exactly_as_the_reference(isa, monkeypatch):
+def test_first_steps_code_exactly_as_the_reference(cpu_isa):
     """SGD's first momentum buffer is the grad and Adagrad's first sum is g*g
     (initial value 0): exact float32 values, so the native codes and absmaxes
     are the reference's, bit for bit, on every instruction set."""
-    monkeypatch.setenv("FUSEDOPT_CPU_ISA", isa)
     grad = _values(256 * 19 + 100, 2)
+    p = torch.nn.Parameter(torch.zeros_like(grad))
+    opt = fusedopt.SGD([p], lr=0.1, momentum=0.9, state_dtype="8bit")
+    p.grad = grad.clone()
+    opt.step()
+    assert torch.equal(opt.state[p]["momentum_buffer"], q.quantize(grad, signed=True))
+    p2 = torch.nn.Parameter(torch.zeros_like(grad))
+    opt2 = fusedopt.Adagrad([p2], lr=0.1, state_dtype="8bit")
+    p2.grad = grad.clone()
+    opt2.step()
+    assert torch.equal(opt2.state[p2]["sum"], q.quantize(grad * grad, signed=False))
+
+
+def _edge_blocks():
+    """Blocks whose codes are easy to get wrong: with absmax = vmax (so the
+    coded magnitude is |x| itself) the decades' low ends, every power of two
+    the coder meets and their float32 neighbours; a subnormal absmax (vmax /
+    absmax overflows to inf), an inf, a NaN, negative zeros; and a last block
+    of 29 elements (16 + 8 + 5: every loop width). As the grad: SGD's first
+    momentum buffer holds these exact values, Adagrad's first sum their
+    squares."""
+    low = torch.cat([q.SIGNED[0], q.UNSIGNED[0]])
+    powers = 2.0 ** torch.arange(-30, 5, dtype=torch.float32)
+    marks = torch.cat([low, powers, low.sqrt(), powers.sqrt()])
+    up, down = marks.nextafter(torch.tensor(float("inf"))), marks.nextafter(torch.tensor(0.0))
+    edges = torch.cat([marks, up, down])
+    blocks = [_values(16 * 256, 3)]
+    for vmax in (q.SIGNED[5], q.UNSIGNED[5], q.UNSIGNED[5].sqrt()):
+        for part in edges.split(255):
+            block = torch.zeros(256)
+            block[: part.numel()] = torch.where(torch.arange(part.numel()) % 2 == 0, part, -part)
+            block[255] = vmax
+            blocks.append(block)
+    special = torch.linspace(-1, 1, 256)
+    blocks.append(special * 1e-40)  # subnormal absmax
+    blocks.append(torch.where(torch.arange(256) == 7, torch.tensor(float("inf")), special))
+    blocks.append(torch.where(torch.arange(256) == 9, torch.tensor(float("nan")), special))
+    blocks.append(torch.full((256,), -0.0))
+    blocks.append(special[:29] * 3.0)
+    return torch.cat(blocks)
+
+
+def test_edge_values_code_exactly_as_the_reference(cpu_isa):
+    grad = _edge_blocks()
+    assert grad.numel() > 4096  # above the threshold: coded
     p = torch.nn.Parameter(torch.zeros_like(grad))
     opt = fusedopt.SGD([p], lr=0.1, momentum=0.9, state_dtype="8bit")
     p.grad = grad.clone()
@@ -136,14 +178,13 @@ def test_bitwise_for_any_thread_count_and_isa():
     def run(threads, isa):
         prior = torch.get_num_threads()
         torch.set_num_threads(threads)
-        import os
-        os.environ["FUSEDOPT_CPU_ISA"] = isa
+        fusedopt.set_cpu_isa(isa)
         try:
             params = clone_params(make_params(SHAPES, torch.float32))
             opt = _run("AdamW", params, steps=3)
             return [p.detach() for p in params] + [v for p in params for v in opt.state[p].values()]
         finally:
-            os.environ.pop("FUSEDOPT_CPU_ISA")
+            fusedopt.set_cpu_isa("auto")
             torch.set_num_threads(prior)
     first = run(1, native_cpu_isas()[0])
     for threads in (1, 2):
