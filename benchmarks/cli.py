@@ -40,7 +40,7 @@ def parse_args(argv):
     p.add_argument("--train-precision", action="store_true",
                    help="run the low-precision training comparison instead (bfloat16 params and states "
                         "under each param_precision against float32; more options: "
-                        "python -m benchmarks.train_precision --help)")
+                        "python -m benchmarks --train-precision --help)")
     p.add_argument("--contended", action="store_true",
                    help="time the step quiet and while busy processes hold every core instead (median and "
                         "p90; more options: python -m benchmarks --contended --help)")
@@ -56,18 +56,19 @@ def fail(message):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    # These two have options of their own: everything else on the line is theirs.
     if "--contended" in argv:
         from . import contended
         return contended.main([a for a in argv if a != "--contended"])
+    if "--train-precision" in argv:
+        from . import train_precision
+        train_precision.main([a for a in argv if a != "--train-precision"])
+        return 0
     args = parse_args(argv)
     steps = [] if args.steps is None else ["--steps", str(args.steps)]
     if args.train:
         from examples import train_compare
         train_compare.main(["--out-dir", args.out_dir] + steps)
-        return 0
-    if args.train_precision:
-        from . import train_precision
-        train_precision.main(["--out-dir", args.out_dir] + steps + (["--no-chart"] if args.no_chart else []))
         return 0
     algorithms = [a for a in args.algorithms.split(",") if a]
     unknown = [a for a in algorithms if a not in ALGORITHMS]

@@ -103,10 +103,11 @@ def test_memory_report_runs():
 
 def test_train_precision_comparison_runs(tmp_path):
     """The low-precision training comparison, cut to a few steps and two
-    modes beside the baseline: it trains, evaluates, and writes its files."""
-    from benchmarks import train_precision
-    train_precision.main(["--steps", "3", "--batch", "8", "--eval-batches", "1", "--only", "bf16-stochastic,bf16-master",
-                          "--out-dir", str(tmp_path), "--no-chart"])
+    modes beside the baseline, with its own options given to python -m
+    benchmarks: it trains, evaluates, and writes its files."""
+    from benchmarks import cli
+    cli.main(["--train-precision", "--steps", "3", "--batch", "8", "--eval-batches", "1",
+              "--only", "bf16-stochastic,bf16-master", "--out-dir", str(tmp_path), "--no-chart"])
     data = json.loads((tmp_path / "train_precision.json").read_text())
     assert [r["key"] for r in data["results"]] == ["fp32", "bf16-stochastic", "bf16-master"]
     for result in data["results"]:
