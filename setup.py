@@ -16,13 +16,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # (csrc/cpu/kernels_<isa>.cpp) and picked at run time, so one build runs on
 # any x86-64. -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt
 # and if-convert selects; neither changes any result (no -ffast-math).
-# No -fopenmp: nothing here uses OpenMP (CPU steps share their work through
-# fusedopt's own helper threads, csrc/cpu/slot_pool.h, and the loops are
-# vectorized without `#pragma omp simd`), so the extension does not link
-# libgomp.
+# -fopenmp for one region in csrc/cpu/slot_pool.cpp, where a CPU step borrows
+# torch's OpenMP team while its threads are still spinning after torch's own
+# work; everything else shares work through fusedopt's helper threads and is
+# vectorized without `#pragma omp simd`. The link line has no -fopenmp: the
+# OpenMP calls resolve to the runtime torch itself loads, never a second one.
 # No -std: torch's build helpers add the C++ standard torch itself was built
 # with (C++17 before torch 2.13, C++20 from it).
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+CXX_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
 

@@ -1,8 +1,9 @@
 """The CPU step's host threads (csrc/cpu/slot_pool.h): the work is cut into
-slots fixed by the data, which the caller and fusedopt's helper threads claim
-in whatever order the scheduler lets them, so the bits must not depend on the
-thread count, on who ran which slot, or on where the cuts fall; small steps
-stay on the calling thread; a forked child still steps."""
+slots fixed by the data, which the caller and fusedopt's helper threads (or
+torch's OpenMP team, right after torch's own parallel work) claim in whatever
+order the scheduler lets them, so the bits must not depend on the thread
+count, on who ran which slot, or on where the cuts fall; small steps stay on
+the calling thread; a forked child still steps."""
 import hashlib
 import os
 import signal
@@ -71,8 +72,17 @@ def _same_bits(a, b):
     return len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(_bytes(x), _bytes(y)) for x, y in zip(a, b))
 
 
+@pytest.fixture(params=["auto", "pool", "openmp"])
+def helpers(request, monkeypatch):
+    """Who helps the caller: chosen per job (auto), fusedopt's own threads, or
+    torch's OpenMP team (read by the extension at every job)."""
+    if request.param != "auto":
+        monkeypatch.setenv("FUSEDOPT_CPU_HELPERS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("config", CONFIGS)
-def test_bits_do_not_depend_on_threads_slots_or_cuts(config):
+def test_bits_do_not_depend_on_threads_slots_or_cuts(config, helpers):
     one = _run(config, threads=1)
     before = helped_runs()
     runs = {"2 threads": _run(config, threads=2), "2 threads again": _run(config, threads=2)}
@@ -121,7 +131,9 @@ def _digest(opt, params):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_steps_after_the_parent_used_the_helpers():
+def test_a_forked_child_steps_after_the_parent_used_the_helpers(helpers):
+    """With the parent's steps on torch's OpenMP team too: the child must not
+    enter it (GNU OpenMP hangs there), whatever FUSEDOPT_CPU_HELPERS says."""
     prior = _threads(2)
     try:
         twins = []

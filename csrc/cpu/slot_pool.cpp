@@ -1,6 +1,10 @@
 #include "slot_pool.h"
 
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
+#if AT_PARALLEL_OPENMP
+#include <omp.h>
+#endif
 
 #include <linux/futex.h>
 #include <pthread.h>
@@ -10,6 +14,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <system_error>
@@ -61,6 +67,37 @@ constexpr int kHelperSpinUs = 50;
 // whoever needs it, that helper included.
 constexpr int kCallerSpinUs = 20;
 
+// Who helps the caller. Our own helpers by default. But right after torch's
+// own parallel work (a backward pass) torch's OpenMP threads keep spinning on
+// the other cores for a few ms, and a helper of ours that is woken then waits
+// for the scheduler to take a core from one of them: a 16.8M-param bfloat16
+// SGD step after a backward pass ran at one thread's speed, 5.6-6.0 ms median
+// against 4.0 for torch fused, whose OpenMP region reuses the spinning
+// threads. So a job whose helpers started late is followed by jobs on torch's
+// OpenMP team, which then starts at once (3.9-4.2 ms), for as long as its
+// threads keep starting at once; where they start late too (other processes hold the cores, where
+// an OpenMP region's closing barrier waits for its last thread), back to our
+// helpers, trying the team again after 1, 2, 4 ... 64 late jobs. Slots are
+// claimed the same way on both, so the bits are the same.
+constexpr auto kLateStart = std::chrono::microseconds(250);
+constexpr int kMaxBackoff = 64;
+
+enum class Helpers { kAuto, kPool, kOpenMP };
+
+// FUSEDOPT_CPU_HELPERS=pool | openmp fixes the choice (for tests and
+// benchmarks); read at every job, so a test can switch it.
+Helpers helpers_asked() {
+  const char* v = std::getenv("FUSEDOPT_CPU_HELPERS");
+  if (v == nullptr) return Helpers::kAuto;
+  if (std::strcmp(v, "pool") == 0) return Helpers::kPool;
+  if (std::strcmp(v, "openmp") == 0) return Helpers::kOpenMP;
+  return Helpers::kAuto;
+}
+
+// A forked child never enters OpenMP: GNU OpenMP has no fork handler, and a
+// team the parent used hangs there.
+std::atomic<bool> forked_child{false};
+
 struct alignas(64) Worker {
   std::atomic<uint32_t> wake{0};      // the epoch of the job this helper is asked to join
   std::atomic<uint32_t> sleeping{0};  // 1 while it waits (or is about to wait) on `wake`
@@ -83,7 +120,8 @@ class Pool {
   void release() { busy_.store(false, std::memory_order_release); }
 
   void run(int64_t slots, int helpers, SlotFn fn, void* context) {
-    helpers = start_workers(helpers);
+    const bool openmp = use_openmp();
+    helpers = openmp ? std::min(helpers, kMaxHelpers) : start_workers(helpers);
     const int participants = helpers + 1;
     fn_ = fn;
     context_ = context;
@@ -98,19 +136,27 @@ class Pool {
       const uint64_t end = static_cast<uint64_t>(slots * (r + 1) / participants);
       regions_[r].word.store(static_cast<uint64_t>(epoch) << 32 | begin << 16 | end, std::memory_order_seq_cst);
     }
-    for (int i = 0; i < helpers; ++i) {
-      workers_[i].wake.store(epoch, std::memory_order_seq_cst);
-      if (workers_[i].sleeping.load(std::memory_order_seq_cst)) futex_wake(&workers_[i].wake, 1);
+    first_help_.store(0, std::memory_order_relaxed);
+    start_.store(now_ns(), std::memory_order_relaxed);
+    timed_.store(epoch, std::memory_order_seq_cst);
+    if (openmp) {
+      run_openmp(epoch, participants);
+    } else {
+      for (int i = 0; i < helpers; ++i) {
+        workers_[i].wake.store(epoch, std::memory_order_seq_cst);
+        if (workers_[i].sleeping.load(std::memory_order_seq_cst)) futex_wake(&workers_[i].wake, 1);
+      }
+      help(epoch, 0);
+      const uint32_t total = static_cast<uint32_t>(slots);
+      const auto finished = [&] { return done_.load(std::memory_order_acquire) == total; };
+      if (!spin_until(finished, kCallerSpinUs)) {
+        // What is left runs on helpers the scheduler may have taken the core
+        // from: sleeping gives our core back to whoever needs it (the helper too).
+        caller_sleeps_.store(1, std::memory_order_seq_cst);
+        for (uint32_t d; (d = done_.load(std::memory_order_seq_cst)) != total;) futex_wait(&done_, d);
+      }
     }
-    help(epoch, 0);
-    const uint32_t total = static_cast<uint32_t>(slots);
-    const auto finished = [&] { return done_.load(std::memory_order_acquire) == total; };
-    if (!spin_until(finished, kCallerSpinUs)) {
-      // What is left runs on helpers the scheduler may have taken the core
-      // from: sleeping gives our core back to whoever needs it (the helper too).
-      caller_sleeps_.store(1, std::memory_order_seq_cst);
-      for (uint32_t d; (d = done_.load(std::memory_order_seq_cst)) != total;) futex_wait(&done_, d);
-    }
+    judge(openmp);
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -161,6 +207,73 @@ class Pool {
     }
   }
 
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  bool use_openmp() const {
+#if AT_PARALLEL_OPENMP
+    if (forked_child.load(std::memory_order_relaxed)) return false;
+    switch (helpers_asked()) {
+      case Helpers::kPool: return false;
+      case Helpers::kOpenMP: return true;
+      case Helpers::kAuto: break;
+    }
+    return openmp_;
+#else
+    return false;
+#endif
+  }
+
+  // When the first helper (or team thread) other than the caller started on
+  // job `epoch`; not for a helper woken for a job that is already over.
+  void note_start(uint32_t epoch) {
+    if (timed_.load(std::memory_order_acquire) != epoch) return;
+    int64_t none = 0;
+    first_help_.compare_exchange_strong(none, now_ns(), std::memory_order_relaxed);
+  }
+
+  // The participants of job `epoch` on torch's OpenMP team: the caller is
+  // its thread 0. help() catches what fn throws, so nothing leaves the region.
+  void run_openmp(uint32_t epoch, int participants) {
+#if AT_PARALLEL_OPENMP
+#pragma omp parallel num_threads(participants)
+    {
+      const int p = omp_get_thread_num();
+      if (p != 0) note_start(epoch);
+      if (p < participants) help(epoch, p);
+    }
+#else
+    (void)participants;
+    help(epoch, 0);
+#endif
+  }
+
+  // Whether the next job goes to torch's OpenMP team (see Helpers). Only jobs
+  // long enough for a late start to matter count.
+  void judge(bool openmp) {
+    const int64_t start = start_.load(std::memory_order_relaxed), late_ns = kLateStart.count() * 1000;
+    if (now_ns() - start < 4 * late_ns) return;
+    const int64_t first = first_help_.load(std::memory_order_relaxed);
+    const bool late = first == 0 || first - start > late_ns;
+    if (openmp) {
+      // The wait only grows: under steady contention a team thread that
+      // happens to start at once should not bring the probes back.
+      if (late) {
+        openmp_ = false;
+        skip_ = backoff_;
+        backoff_ = std::min(2 * backoff_, kMaxBackoff);
+      }
+    } else if (late) {
+      if (skip_ > 0) {
+        --skip_;
+      } else {
+        openmp_ = true;
+      }
+    }
+  }
+
   // seen: the epoch when it was started; it joins jobs published after it.
   void helper_main(int index, uint32_t seen) {
     Worker& w = workers_[index];
@@ -172,6 +285,7 @@ class Pool {
         w.sleeping.store(0, std::memory_order_relaxed);
       }
       seen = w.wake.load(std::memory_order_acquire);
+      note_start(seen);
       help(seen, index + 1);
     }
   }
@@ -199,6 +313,12 @@ class Pool {
   alignas(64) std::atomic<bool> busy_{false};
   uint32_t epoch_ = 0;
   int started_ = 0;
+  std::atomic<uint32_t> timed_{0};      // the job whose start start_ holds
+  std::atomic<int64_t> start_{0};       // steady-clock ns
+  std::atomic<int64_t> first_help_{0};  // when the first helper started on it; 0: none yet
+  bool openmp_ = false;                 // the next job on torch's OpenMP team
+  int skip_ = 0;                        // late jobs to leave on our helpers before trying the team again
+  int backoff_ = 1;
   SlotFn fn_ = nullptr;
   void* context_ = nullptr;
   std::exception_ptr error_;
@@ -212,7 +332,10 @@ std::atomic<int64_t> helped{0};
 // A forked child has none of the parent's threads (and may have been forked
 // while a caller held the pool): it starts a new pool when it first needs
 // one. The old one is left as it is; its memory is the parent's copy.
-void forget_pool_in_child() { pool.store(nullptr, std::memory_order_relaxed); }
+void forget_pool_in_child() {
+  pool.store(nullptr, std::memory_order_relaxed);
+  forked_child.store(true, std::memory_order_relaxed);
+}
 
 Pool* the_pool() {
   Pool* p = pool.load(std::memory_order_acquire);

@@ -13,7 +13,8 @@
 // helpers claim slots one at a time, each from its own region first and then
 // from the back of the others': a helper that wakes late finds its region
 // taken, and the caller waits only for slots that were claimed and are still
-// running.
+// running. Right after torch's own parallel work the slots go to torch's
+// OpenMP team instead, whose threads are still spinning then (slot_pool.cpp).
 #pragma once
 
 #include <cstdint>
@@ -27,7 +28,8 @@ using SlotFn = void (*)(void* context, int64_t slot);
 constexpr int64_t kMaxSlots = 65535;
 
 // Calls fn(context, s) exactly once for every s in [0, slots), on the
-// calling thread and on up to `helpers` pool threads that are free to help.
+// calling thread and on up to `helpers` pool threads that are free to help
+// (or threads of torch's OpenMP team).
 // Which thread runs which slot varies from call to call, so fn must give the
 // same result whichever thread runs a slot and in whatever order. Runs on the
 // caller alone when helpers < 1, slots < 2 or > kMaxSlots, or the pool is
