@@ -39,7 +39,20 @@ def _check_cpu_isa_variable():
                       f"{torch.ops.fusedopt.cpu_isa()!r}", RuntimeWarning, stacklevel=2)
 
 
+ENV_CPU_HELPERS = "FUSEDOPT_CPU_HELPERS"
+CPU_HELPERS = ("pool", "openmp")
+
+
+def _check_cpu_helpers_variable():
+    """FUSEDOPT_CPU_HELPERS must name who helps a CPU step (or "auto"): the extension reads it at every job
+    and takes anything else for "auto"."""
+    name = os.environ.get(ENV_CPU_HELPERS, "")
+    if name not in ("", "auto") + CPU_HELPERS:
+        raise ValueError(f"{ENV_CPU_HELPERS}={name!r} is not one of {', '.join(CPU_HELPERS)} or 'auto'")
+
+
 _check_cpu_isa_variable()
+_check_cpu_helpers_variable()
 
 _warned = set()
 

@@ -351,6 +351,14 @@ def test_unknown_cpu_isa_variable_is_an_error():
     assert result.returncode != 0 and "FUSEDOPT_CPU_ISA='avx3' is not one of" in result.stderr
 
 
+def test_unknown_cpu_helpers_variable_is_an_error():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", "import fusedopt"], capture_output=True, text=True,
+                            env={**__import__("os").environ, "FUSEDOPT_CPU_HELPERS": "omp"})
+    assert result.returncode != 0 and "FUSEDOPT_CPU_HELPERS='omp' is not one of" in result.stderr
+
+
 def test_centered_rmsprop_with_alpha_zero_has_no_nan():
     """v - c^2 is exactly 0 in exact arithmetic there; rounding must not make it NaN."""
     g = torch.Generator().manual_seed(0)
