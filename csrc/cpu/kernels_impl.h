@@ -341,7 +341,8 @@ FUSEDOPT_ALWAYS_INLINE void narrow_state(const TensorLists& l, int64_t t, int k,
 // short of vector registers: bfloat16 Adam ran 2.4x slower than float32 in
 // cache that way), and the low-precision modes of cpu::Storage, whose
 // conversions (stochastic rounding, compensated and master params) happen
-// here, once per block, around the same update.
+// here, once per block, around the same update. Beside float32 params only
+// the states take the buffers (update_piece_states_blocked).
 //
 // load_block and store_block hold everything of a block but the update, so
 // they are compiled once per param type, not into each of the ~90 update
