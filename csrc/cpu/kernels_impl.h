@@ -422,7 +422,8 @@ __attribute__((noinline)) void store_block(const TensorLists& l, int64_t t, int6
 
 // float32 params with 8-bit (or stochastically rounded 16-bit) states: the
 // grad and param are read and written where they are, only the states go
-// through buffers (copying them cost 1 x 16.8M 8-bit AdamW a tenth of its time).
+// through buffers (1 x 16.8M 8-bit AdamW, 2 threads: 18.7 ms with the copies,
+// 12-14 without).
 template <class Update, std::size_t... K>
 void update_piece_states_blocked(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
                                  std::index_sequence<K...>) {
