@@ -44,6 +44,10 @@ def parse_args(argv):
     p.add_argument("--contended", action="store_true",
                    help="time the step quiet and while busy processes hold every core instead (median and "
                         "p90; more options: python -m benchmarks --contended --help)")
+    p.add_argument("--after-backward", action="store_true",
+                   help="time the step right after a backward pass and after a pause instead (fusedopt with "
+                        "its helpers chosen per job and with its own only, torch fused; more options: "
+                        "python -m benchmarks --after-backward --help)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps for --train and --train-precision (default 300)")
     return p.parse_args(argv)
@@ -60,6 +64,9 @@ def main(argv=None):
     if "--contended" in argv:
         from . import contended
         return contended.main([a for a in argv if a != "--contended"])
+    if "--after-backward" in argv:
+        from . import after_backward
+        return after_backward.main([a for a in argv if a != "--after-backward"])
     if "--train-precision" in argv:
         from . import train_precision
         train_precision.main([a for a in argv if a != "--train-precision"])

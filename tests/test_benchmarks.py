@@ -127,6 +127,21 @@ def _children():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_after_backward_case_reports_every_implementation_and_restores_the_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FUSEDOPT_CPU_HELPERS", raising=False)
+    assert cli.main(["--after-backward", "--algorithm", "sgd-momentum", "--dtype", "bfloat16", "--layers", "2",
+                     "--width", "64", "--batch", "4", "--rounds", "3", "--warmup", "1",
+                     "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "after_backward.json").read_text())
+    seen = {(r["implementation"], r["phase"]): r for r in data["rows"]}
+    assert set(seen) == {(name, phase) for name in ("fusedopt", "fusedopt helpers only", "torch fused")
+                         for phase in ("after backward", "after a pause")}
+    for row in seen.values():
+        assert len(row["times_s"]) == 3 and 0 < row["median_ms"] <= row["p90_ms"]
+    assert "FUSEDOPT_CPU_HELPERS" not in os.environ
+    assert "after backward" in capsys.readouterr().out
+
+
 def test_contended_case_reports_both_phases_and_stops_its_busy_processes(tmp_path, capsys):
     before = set(_children())
     assert cli.main(["--contended", "--layouts", "small", "--small-count", "20", "--small-size", "33",
