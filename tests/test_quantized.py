@@ -70,7 +70,13 @@ def test_first_steps_code_exactly_as_the_reference(cpu_isa):
     """SGD's first momentum buffer is the grad and Adagrad's first sum is g*g
     (initial value 0): exact float32 values, so the native codes and absmaxes
     are the reference's, bit for bit, on every instruction set."""
-    grad = _values(256 * 19 + 100, 2)
+    _assert_first_states_code_as_the_reference(_values(256 * 19 + 100, 2))
+
+
+def _assert_first_states_code_as_the_reference(grad):
+    """One step of SGD (momentum buffer = grad, signed) and Adagrad (sum =
+    grad * grad, non-negative) from zero state: their 8-bit states, codes and
+    absmaxes, equal the reference's quantize of those exact values."""
     p = torch.nn.Parameter(torch.zeros_like(grad))
     opt = fusedopt.SGD([p], lr=0.1, momentum=0.9, state_dtype="8bit")
     p.grad = grad.clone()
@@ -115,16 +121,7 @@ def _edge_blocks():
 def test_edge_values_code_exactly_as_the_reference(cpu_isa):
     grad = _edge_blocks()
     assert grad.numel() > 4096  # above the threshold: coded
-    p = torch.nn.Parameter(torch.zeros_like(grad))
-    opt = fusedopt.SGD([p], lr=0.1, momentum=0.9, state_dtype="8bit")
-    p.grad = grad.clone()
-    opt.step()
-    assert torch.equal(opt.state[p]["momentum_buffer"], q.quantize(grad, signed=True))
-    p2 = torch.nn.Parameter(torch.zeros_like(grad))
-    opt2 = fusedopt.Adagrad([p2], lr=0.1, state_dtype="8bit")
-    p2.grad = grad.clone()
-    opt2.step()
-    assert torch.equal(opt2.state[p2]["sum"], q.quantize(grad * grad, signed=False))
+    _assert_first_states_code_as_the_reference(grad)
 
 
 def _run(name, params, steps=5, **extra):
