@@ -11,7 +11,6 @@ helpers per job (the default) and with FUSEDOPT_CPU_HELPERS=pool (its own
 helper threads only). Timings are reported, never asserted.
 """
 import argparse
-import json
 import os
 import statistics
 import time
@@ -91,7 +90,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    print("machine:", ", ".join(f"{k}={v}" for k, v in report.machine().items()))
+    print(report.machine_line())
     params = args.layers * (args.width * args.width + args.width)
     print(f"{args.algorithm}, {args.dtype}, {args.layers} x Linear({args.width}, {args.width}) = {params:,} params, "
           f"batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds")
@@ -102,15 +101,11 @@ def main(argv=None):
     for name, phases in times.items():
         cells = []
         for phase, values in phases.items():
-            median, p90 = statistics.median(values), sorted(values)[int(0.9 * (len(values) - 1))]
+            median, p90 = statistics.median(values), report.percentile(values, 0.9)
             rows.append(dict(implementation=name, phase=phase, median_ms=median * 1e3, p90_ms=p90 * 1e3,
                              times_s=values))
             cells.append(f"{median * 1e3:16.2f} {p90 * 1e3:8.2f}")
         print(f"{name:24s} {cells[0]} {cells[1][1:]}")
     print("(ms; medians and 90th percentiles of the step)")
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, "after_backward.json")
-    with open(path, "w") as f:
-        json.dump({"machine": report.machine(), "settings": vars(args), "rows": rows}, f, indent=1)
-    print(f"wrote {path}")
+    print(f"wrote {report.write_rows(args.out_dir, 'after_backward.json', vars(args), rows)}")
     return 0

@@ -91,7 +91,7 @@ def main(argv=None):
         fail(str(exc))
     dtype = DTYPES[args.dtype]
 
-    print("machine:", ", ".join(f"{k}={v}" for k, v in report.machine().items()))
+    print(report.machine_line())
     from tqdm import tqdm
     cases = []
     todo = [(a, layout) for layout in layouts for a in algorithms]

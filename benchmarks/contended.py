@@ -11,7 +11,6 @@ plain Python spin loops (or numpy loops that also move memory), one per core
 by default. Timings are reported, never asserted.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -62,11 +61,6 @@ class BusyProcesses:
         self.procs = []
 
 
-def percentile(times, q):
-    ordered = sorted(times)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _time_phase(running, device, rounds, warmup, budget_s):
     """Interleaved rounds; an implementation stops early once it has used
     budget_s (and has at least 5 timed rounds), so a step that stalls for
@@ -114,7 +108,7 @@ def run_layout(algorithm, layout, shapes, impls, busy, busy_kind="python", devic
     label = layout_label(layout, shapes)
     return [dict(algorithm=algorithm, layout=label, implementation=name, phase=phase, busy=busy if
                  phase == "contended" else 0, times_s=ts, median_ms=statistics.median(ts) * 1e3,
-                 p90_ms=percentile(ts, 0.9) * 1e3)
+                 p90_ms=report.percentile(ts, 0.9) * 1e3)
             for (name, phase), ts in times.items()]
 
 
@@ -155,18 +149,14 @@ def main(argv=None):
     impls = implementations.by_name([n for n in args.implementations.split(",") if n])
     layouts = {layout: layout_shapes(layout, args.numel, args.small_count, args.small_size)
                for layout in args.layouts.split(",") if layout}
-    print("machine:", ", ".join(f"{k}={v}" for k, v in report.machine().items()))
+    print(report.machine_line())
     print(f"contended: {args.busy} busy {args.busy_kind} process(es)")
     rows = []
     for layout, shapes in layouts.items():
         rows += run_layout(args.algorithm, layout, shapes, impls, args.busy, args.busy_kind, rounds=args.rounds,
                            warmup=args.warmup, budget_s=args.budget)
     print(table(rows))
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, "contended.json")
-    with open(path, "w") as f:
-        json.dump({"machine": report.machine(), "settings": vars(args), "rows": rows}, f, indent=1)
-    print(f"wrote {path}")
+    print(f"wrote {report.write_rows(args.out_dir, 'contended.json', vars(args), rows)}")
     return 0
 
 

@@ -32,6 +32,26 @@ def machine():
     }
 
 
+def machine_line():
+    return "machine: " + ", ".join(f"{k}={v}" for k, v in machine().items())
+
+
+def percentile(times, q):
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def write_rows(out_dir, name, settings, rows):
+    """<out_dir>/<name> as JSON: the machine, the settings and rows of plain
+    values (the cases with their own rows: --contended, --after-backward).
+    Returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump({"machine": machine(), "settings": settings, "rows": rows}, f, indent=1)
+    return path
+
+
 def _fmt(value, spec, missing=""):
     return missing if value is None else format(value, spec)
 
