@@ -75,9 +75,9 @@ constexpr int kCallerSpinUs = 20;
 // against 4.0 for torch fused, whose OpenMP region reuses the spinning
 // threads. So a job whose helpers started late is followed by jobs on torch's
 // OpenMP team, which then starts at once (3.9-4.2 ms), for as long as its
-// threads keep starting at once; where they start late too (other processes hold the cores, where
-// an OpenMP region's closing barrier waits for its last thread), back to our
-// helpers, trying the team again after 1, 2, 4 ... 64 late jobs. Slots are
+// threads keep starting at once; where they start late too (other processes
+// hold the cores, where an OpenMP region's closing barrier waits for its last
+// thread), back to our helpers, trying the team again after 1, 2, 4 ... 64 late jobs. Slots are
 // claimed the same way on both, so the bits are the same.
 constexpr auto kLateStart = std::chrono::microseconds(250);
 constexpr int kMaxBackoff = 64;
@@ -242,7 +242,7 @@ class Pool {
     {
       const int p = omp_get_thread_num();
       if (p != 0) note_start(epoch);
-      if (p < participants) help(epoch, p);
+      help(epoch, p);  // a team smaller than asked leaves regions for the others to take
     }
 #else
     (void)participants;
