@@ -93,7 +93,10 @@ void Precision::apply(const char* op, PreparedLists& prepared, const std::vector
   l.storage.param = param_;
   l.storage.param_stochastic = param_stochastic_;
   l.storage.state_stochastic = state_stochastic_;
-  if (!param_stochastic_ && !state_stochastic_) return;
+  // 8-bit non-negative states round stochastically (fusedopt/quantize.h).
+  bool stochastic_codes = false;
+  for (cpu::Quant q : l.storage.quant) stochastic_codes = stochastic_codes || q == cpu::Quant::kUnsigned;
+  if (!param_stochastic_ && !state_stochastic_ && !stochastic_codes) return;
   FUSEDOPT_CHECK(!device_steps, "fusedopt.", op,
                  ": stochastic rounding with step counts on the device (capturable) is not supported yet");
   FUSEDOPT_CHECK(rng_ids_.size() == n, "fusedopt.", op, ": stochastic rounding needs one rng_id per param, got ",

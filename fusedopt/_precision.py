@@ -100,10 +100,12 @@ def full(group, p, value, signed):
     return torch.full_like(p, value, dtype=state_dtype(group, p), memory_format=torch.preserve_format)
 
 
-def draws_bits(group, p):
-    """Whether stochastic rounding draws random bits for p: its param or its states are rounded so."""
-    return mode(group, p.dtype) == "stochastic" or (group.get("stochastic_states", False)
-                                                    and state_dtype(group, p) in LOW)
+def draws_bits(group, p, unsigned_states=()):
+    """Whether stochastic rounding draws random bits for p: its param or its
+    states are rounded so (8-bit non-negative states always are)."""
+    return (mode(group, p.dtype) == "stochastic"
+            or (group.get("stochastic_states", False) and state_dtype(group, p) in LOW)
+            or (bool(unsigned_states) and quantized(group, p)))
 
 
 def gather(optimizer, group, params, lists, state_keys):
@@ -146,7 +148,7 @@ def gather(optimizer, group, params, lists, state_keys):
     p = params[0]
     default_states = torch.float32 if which == "master" else dtype
     effective = state_dtype(group, p)
-    random = draws_bits(group, p)
+    random = draws_bits(group, p, optimizer._unsigned_states)
     if which != "nearest" or effective != dtype or random:
         args = dict(param_precision=which, state_dtype=effective if effective != default_states else None,
                     stochastic_states=bool(group.get("stochastic_states", False)) and effective in LOW,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt.reference import quantized as q
+from fusedopt.reference import low_precision, quantized as q
 from helpers import ALGORITHMS, clone_params, gradients, make_params, native_cpu_isas
 
 pytestmark = pytest.mark.skipif(not fusedopt.info()["native"], reason="native extension not loaded")
@@ -34,24 +34,38 @@ def _values(n, seed):
     return x
 
 
+def _half_step(y, mantissa_bits):
+    """Half the distance between the two codes around y >= 0 in a small float
+    format whose smallest normal is 2^-14 (float16's), plus half a float16 step
+    for the rounding to float16 that comes first."""
+    binade = torch.floor(torch.log2(y.clamp_min(2.0 ** -14)))
+    return 0.5 * (2.0 ** (binade - mantissa_bits) + 2.0 ** (binade - 10))
+
+
 def test_codes_round_trip_within_half_a_step():
-    """Decoding gives the midpoint of the code's interval: the error of a value
-    is at most half its decade's step (relative to the block's absmax)."""
+    """The code's definition, checked independently of how it is computed: a
+    signed value comes back within half an E4M3 step of |x| / absmax * 1.875,
+    a non-negative one's square root within half an E4M4 step of
+    sqrt(x / absmax) * 1.9375, where those steps are 2^-3 and 2^-4 of the
+    value's binary order (2^-17 and 2^-18 below 2^-14); positive values below
+    E4M4's smallest code come back as that code."""
     for signed in (True, False):
         x = _values(256 * 40 + 3, 1)
         x = x if signed else x.abs()
         back = q.dequantize(q.quantize(x, signed), x.shape, signed)
         absmax = x.view(-1)[: 256 * 40].view(40, 256).abs().amax(1)
         blockwise = torch.cat([absmax.repeat_interleave(256), x[256 * 40:].abs().max().reshape(1).expand(3)])
-        decades, vmax = (7, q.SIGNED[5]) if signed else (8, q.UNSIGNED[5])
-        scale = blockwise.clamp_min(1e-30) / vmax  # a code's unit: the block's absmax maps to vmax
-        y = x.abs() / scale
-        decade = torch.floor(torch.log10(y.clamp_min(1e-30))).clamp(-decades, -1) + decades
-        step = 9 * 10.0 ** (decade - decades) / 2.0 ** decade  # the step of the decade holding y
-        # below the lowest decade: 0 (signed) or the smallest code, 5.5 10^-D (unsigned)
-        bound = torch.where(y >= 10.0 ** -decades, step * 0.5 * 1.001, 5.5 * 10.0 ** -decades) * scale
-        assert ((back - x).abs() <= bound + 1e-30).all()
-        assert torch.equal(back == 0, x == 0) if not signed else ((x == 0) <= (back == 0)).all()
+        blockwise = blockwise.double().clamp_min(1e-300)
+        if signed:
+            y, y_back = x.abs().double() / blockwise * 1.875, back.abs().double() / blockwise * 1.875
+            assert ((y_back - y).abs() <= _half_step(y, 3) * 1.0001 + 1e-12).all()
+            assert ((back == 0) | (torch.sign(back) == torch.sign(x))).all()
+        else:
+            s, s_back = (x.double() / blockwise).sqrt() * 1.9375, (back.double() / blockwise).sqrt() * 1.9375
+            smallest = 2.0 ** -18
+            bound = torch.where(s < smallest, torch.full_like(s, smallest), _half_step(s, 4) * 1.0001 + 1e-12)
+            assert ((s_back - s).abs() <= bound).all()
+            assert torch.equal(back == 0, x == 0), "a positive value never becomes 0"
         assert (back[x == 0] == 0).all()
 
 
@@ -64,6 +78,83 @@ def test_codes_are_monotone_and_keep_signs():
     unsigned = q.dequantize(q.quantize(y, False), y.shape, False)
     assert (unsigned[1:] >= unsigned[:-1]).all()
     assert (unsigned[1:] > 0).all(), "a positive second moment never becomes 0"
+
+
+def test_stochastic_codes_are_unbiased():
+    """Non-negative codes round stochastically: over the 64 carries a random
+    byte's low bits take, the decoded square roots average to the float16
+    value exactly (a probability of rounding up equal to the dropped
+    fraction); each lands on one of the two neighbouring codes."""
+    block = torch.linspace(0.001, 1.0, 256) ** 2
+    absmax = block.max()
+    exact = ((block / absmax).sqrt() * q.UNSIGNED_MAX).half().float()  # what the codes round: the float16 value
+    nearest = q.decode(q.encode(block, absmax, False), absmax, False)
+    total = torch.zeros(256, dtype=torch.float64)
+    for carry in range(64):
+        random = torch.full((256,), carry + 64 * (carry % 4), dtype=torch.int64)  # the byte's high bits don't count
+        back = q.decode(q.encode(block, absmax, False, random), absmax, False)
+        root = (back / absmax).sqrt() * q.UNSIGNED_MAX
+        assert ((root - exact).abs() <= _half_step(exact, 4) * 2).all()
+        total += root.double()
+    torch.testing.assert_close(total / 64, exact.double(), rtol=1e-6, atol=0)
+    assert not torch.equal(nearest, q.decode(q.encode(block, absmax, False, torch.zeros(256, dtype=torch.int64)),
+                                             absmax, False)), "a carry of 0 rounds down, unlike nearest"
+
+
+def test_native_stochastic_codes_are_unbiased():
+    """The native random bytes: 64 blocks of Adagrad's first sum, each with one
+    large element and 255 equal values between two codes; their decoded square
+    roots average to the exact one within 4 standard errors, and about as many
+    round up as the dropped fraction says."""
+    n = 256 * 64
+    grad = torch.full((n,), 0.3)
+    grad[::256] = 1.0
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = fusedopt.Adagrad([p], lr=0.1, state_dtype="8bit")
+    p.grad = grad
+    opt.step()
+    back = q.dequantize(opt.state[p]["sum"], (n,), False)
+    root = (back / 1.0).sqrt() * q.UNSIGNED_MAX
+    small = torch.ones(n, dtype=torch.bool)
+    small[::256] = False
+    exact = torch.tensor(0.3 * 0.3, dtype=torch.float32).sqrt().item() * q.UNSIGNED_MAX
+    values = root[small].double()
+    assert values.unique().numel() == 2, "each value takes one of the two codes around it"
+    low, high = values.unique().tolist()
+    fraction = (exact - low) / (high - low)
+    assert 0.05 < fraction < 0.95
+    standard_error = (high - low) * (fraction * (1 - fraction) / values.numel()) ** 0.5
+    assert abs(values.mean().item() - exact) < 4 * standard_error
+
+
+def test_slow_averages_do_not_lag():
+    """Why non-negative codes round stochastically. Adam's v moves by 0.1% of
+    its distance a step; here a quarter of each block (|g| = 2) holds the
+    absmax and the rest starts at g = 0 and gets |g| = 1 from step 50, so its
+    v creeps up relative to the absmax. Rounded to nearest, each step's change
+    is under half a code step and v would stop (the reference's nearest
+    rounding, run beside it, ends several times too small); stochastic codes
+    keep its average within 3% of float32 Adam's."""
+    n = 4096
+    big = torch.arange(n) % 4 == 0
+    steps = 300
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = fusedopt.Adam([p], lr=0.0, state_dtype="8bit")
+    exact = torch.zeros(n)
+    nearest = torch.zeros(n)
+    signs = torch.Generator().manual_seed(5)
+    for step in range(steps):
+        magnitude = torch.where(big, 2.0, 1.0 if step >= 50 else 0.0)
+        g = magnitude * (torch.randint(0, 2, (n,), generator=signs) * 2 - 1).float()
+        p.grad = g
+        opt.step()
+        exact = 0.999 * exact + 0.001 * g * g
+        nearest = q.dequantize(q.quantize(0.999 * nearest + 0.001 * g * g, False), (n,), False)
+    coded = q.dequantize(opt.state[p]["exp_avg_sq"], (n,), False)
+    rest = ~big
+    assert abs(coded[rest].mean() / exact[rest].mean() - 1) < 0.03
+    assert nearest[rest].mean() / exact[rest].mean() < 0.5, "the case no longer shows the lag"
+    torch.testing.assert_close(coded[big], exact[big], rtol=0.07, atol=0)
 
 
 def test_first_steps_code_exactly_as_the_reference(cpu_isa):
@@ -86,28 +177,42 @@ def _assert_first_states_code_as_the_reference(grad):
     opt2 = fusedopt.Adagrad([p2], lr=0.1, state_dtype="8bit")
     p2.grad = grad.clone()
     opt2.step()
-    assert torch.equal(opt2.state[p2]["sum"], q.quantize(grad * grad, signed=False))
+    assert torch.equal(opt2.state[p2]["sum"], q.quantize(grad * grad, signed=False, random=_random_bytes(opt2, 1)))
+
+
+def _random_bytes(opt, slot, step=1):
+    """The random bytes the step coded state slot `slot` of the optimizer's
+    first param with (non-negative codes round stochastically)."""
+    p = opt.param_groups[0]["params"][0]
+    key = low_precision.stream_key(opt.param_groups[0]["seed"] & (2**63 - 1), 0, step)  # the op takes an int64
+    index = low_precision.global_index(p.numel())
+    return q.random_bytes(low_precision.random_bits, low_precision.stream_key_of_slot(key, slot), index)
 
 
 def _edge_blocks():
-    """Blocks whose codes are easy to get wrong: with absmax = vmax (so the
-    coded magnitude is |x| itself) the decades' low ends, every power of two
-    the coder meets and their float32 neighbours; a subnormal absmax (vmax /
-    absmax overflows to inf), an inf, a NaN, negative zeros; and a last block
-    of 29 elements (16 + 8 + 5: every loop width). As the grad: SGD's first
-    momentum buffer holds these exact values, Adagrad's first sum their
-    squares."""
-    low = torch.cat([q.SIGNED[0], q.UNSIGNED[0]])
-    powers = 2.0 ** torch.arange(-30, 5, dtype=torch.float32)
-    marks = torch.cat([low, powers, low.sqrt(), powers.sqrt()])
+    """Blocks whose codes are easy to get wrong. With the block's absmax at the
+    format's largest code (1.875 for SGD's signed momentum buffer; Adagrad codes
+    sqrt(g * g / absmax) * 1.9375 = |g| when max |g| = 1.9375), the coded
+    value is the grad itself: every code value of E4M3 and E4M4, the ties half
+    way between neighbouring codes (nearest even decides) and the float32
+    neighbours of both (where rounding to float16 first moves a value onto a
+    tie), powers of two down to 2^-30. Then a subnormal absmax (the scale
+    overflows to inf), an inf, a NaN, negative zeros, and a last block of 29
+    elements (16 + 8 + 5: every loop width). As the grad: SGD's first momentum
+    buffer holds these exact values, Adagrad's first sum their squares."""
+    values = []
+    for code_bits, dropped in ((torch.arange(128), 7), (torch.arange(256), 6)):
+        grid = (code_bits << dropped).to(torch.int16).view(torch.float16).float()
+        values += [grid, (grid[1:] + grid[:-1]) / 2]
+    marks = torch.cat(values + [2.0 ** torch.arange(-30, 1, dtype=torch.float32)])
     up, down = marks.nextafter(torch.tensor(float("inf"))), marks.nextafter(torch.tensor(0.0))
     edges = torch.cat([marks, up, down])
     blocks = [_values(16 * 256, 3)]
-    for vmax in (q.SIGNED[5], q.UNSIGNED[5], q.UNSIGNED[5].sqrt()):
-        for part in edges.split(255):
+    for top in (q.SIGNED_MAX, q.UNSIGNED_MAX):
+        for part in edges[edges <= top].split(255):
             block = torch.zeros(256)
             block[: part.numel()] = torch.where(torch.arange(part.numel()) % 2 == 0, part, -part)
-            block[255] = vmax
+            block[255] = top
             blocks.append(block)
     special = torch.linspace(-1, 1, 256)
     blocks.append(special * 1e-40)  # subnormal absmax
@@ -138,9 +243,9 @@ def _run(name, params, steps=5, **extra):
 def test_native_matches_the_reference(name, dtype):
     """Five steps against the reference step. The update's float32 math may
     round its last bit differently from the reference's (torch's op order), and
-    a value on an interval's edge then takes the neighbouring code: codes agree
-    or differ by one step, in a few elements; params stay within what that
-    one-code difference moves them."""
+    a value then takes the neighbouring code (at a tie, or where stochastic
+    rounding's carry crosses): codes agree or differ by one step, in a few
+    elements; params stay within what that one-code difference moves them."""
     base = make_params(SHAPES, dtype)
     ours, theirs = clone_params(base), clone_params(base)
     native = _run(name, ours)
@@ -167,8 +272,15 @@ def test_native_matches_the_reference(name, dtype):
             else:
                 assert p.numel() < 4096
                 torch.testing.assert_close(value.float(), other.float(), rtol=1e-5, atol=1e-6)
+        # A one-code difference in a state moves that element's update: by up
+        # to about lr where the divisor (square_avg, sum) is small, so a few
+        # elements (at most 1 per tensor in 40 seeds x 10 cases) may stray that
+        # far; all others agree to rounding.
         atol = 1e-4 if dtype == torch.float32 else 2e-2
-        torch.testing.assert_close(p.detach().float(), r.detach().float(), rtol=1e-4, atol=atol)
+        mine, ref = p.detach().float(), r.detach().float()
+        excess = (mine - ref).abs() - 1e-4 * ref.abs()
+        assert int((excess > atol).sum()) <= max(2, p.numel() // 1000), name
+        assert float(excess.max()) <= max(atol, 2 * OPTIONS[name]["lr"]), name
 
 
 def test_bitwise_for_any_thread_count_and_isa():

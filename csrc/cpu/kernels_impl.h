@@ -218,11 +218,23 @@ FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, uint
   for (int i = 0; i < n; ++i) out[i] = run(static_cast<uint32_t>(i));
 }
 
-// Stochastic rounding's random bits for elements [begin, begin + n) of
-// tensor t in stream `key`, drawn by each element's index in the whole
-// tensor: runs of consecutive indices, cut where a shard's row ends.
+// math::code_random_byte for the n consecutive counters first, first + 1, ...
+// (n <= kBlock): the words of counters first / 4 ... read as bytes.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "random bytes are read from the words' memory");
+FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, uint8_t* out) {
+  alignas(64) uint32_t words[kBlock / 4 + 2];
+  const uint64_t first_word = first / 4;
+  random_run(key, first_word, static_cast<int>((first + static_cast<uint64_t>(n) + 3) / 4 - first_word), words);
+  std::memcpy(out, reinterpret_cast<const uint8_t*>(words) + first % 4, static_cast<size_t>(n));
+}
+
+// Stochastic rounding's random bits (uint32_t: random_bits, uint8_t:
+// code_random_byte) for elements [begin, begin + n) of tensor t in stream
+// `key`, drawn by each element's index in the whole tensor: runs of
+// consecutive indices, cut where a shard's row ends.
+template <typename Random>
 FUSEDOPT_ALWAYS_INLINE void random_block(const TensorLists& l, int64_t t, int64_t begin, int n, uint64_t key,
-                                         uint32_t* out) {
+                                         Random* out) {
   if (l.storage.index == nullptr) {
     random_run(key, static_cast<uint64_t>(begin), n, out);
     return;
@@ -284,9 +296,9 @@ FUSEDOPT_ALWAYS_INLINE void dequantize(const TensorLists& l, int64_t t, int k, v
   const bool is_signed = l.storage.quant[k] == Quant::kSigned;
   for (int b = 0; b < n; b += math::kQuantBlock) {
     const int m = n - b < math::kQuantBlock ? n - b : math::kQuantBlock;
-    const float a = absmax[b / math::kQuantBlock];
-    if (is_signed) decode_codes<true>(codes + b, a / kSignedCode.vmax, dst + b, m);
-    else decode_codes<false>(codes + b, a / kUnsignedCode.vmax, dst + b, m);
+    const float scale = math::decode_scale(is_signed, absmax[b / math::kQuantBlock]);
+    if (is_signed) decode_codes<true>(codes + b, scale, dst + b, m);
+    else decode_codes<false>(codes + b, scale, dst + b, m);
   }
 }
 
@@ -295,12 +307,15 @@ FUSEDOPT_ALWAYS_INLINE void quantize(const TensorLists& l, int64_t t, int k, con
   uint8_t* codes = static_cast<uint8_t*>(base) + at;
   float* absmax = block_absmax(l, t, base) + at / math::kQuantBlock;
   const bool is_signed = l.storage.quant[k] == Quant::kSigned;
+  alignas(64) uint8_t random[kBlock];
+  if (!is_signed) random_block(l, t, at, n, slot_key(l, t, k), random);  // quantize.h: they round stochastically
   for (int b = 0; b < n; b += math::kQuantBlock) {
     const int m = n - b < math::kQuantBlock ? n - b : math::kQuantBlock;
     const float a = block_max(src + b, m);
     absmax[b / math::kQuantBlock] = a;
-    if (is_signed) encode_codes<true>(src + b, a > 0.0f ? kSignedCode.vmax / a : 0.0f, codes + b, m);
-    else encode_codes<false>(src + b, a > 0.0f ? kUnsignedCode.vmax / a : 0.0f, codes + b, m);
+    const float inv = math::encode_scale(is_signed, a);
+    if (is_signed) encode_codes<true>(src + b, inv, nullptr, codes + b, m);
+    else encode_codes<false>(src + b, inv, random + b, codes + b, m);
   }
 }
 

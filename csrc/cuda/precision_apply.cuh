@@ -37,8 +37,6 @@ struct PrecisionScalars {
   cpu::ParamStorage param;
   bool param_stochastic, state_stochastic;
   cpu::Quant quant[cpu::kMaxStates];
-  math::SignedCode signed_code;
-  math::UnsignedCode unsigned_code;
 };
 
 template <class Update, int States, int N>
@@ -157,9 +155,9 @@ __global__ void __launch_bounds__(kBlock)
           const uint8_t code = static_cast<const uint8_t*>(table.states[k][t])[i];
           const float absmax = reinterpret_cast<const float*>(static_cast<const uint8_t*>(table.states[k][t]) +
                                                               code_bytes)[i / math::kQuantBlock];
-          m[k] = sc.quant[k] == cpu::Quant::kSigned
-                     ? math::decode_signed(sc.signed_code, code, absmax / sc.signed_code.vmax)
-                     : math::decode_unsigned(sc.unsigned_code, code, absmax / sc.unsigned_code.vmax);
+          const bool is_signed = sc.quant[k] == cpu::Quant::kSigned;
+          const float scale = math::decode_scale(is_signed, absmax);
+          m[k] = is_signed ? math::decode_signed(code, scale) : math::decode_unsigned(code, scale);
         } else {
           m[k] = load_state(sc.state_dtype, table.states[k][t], i);
         }
@@ -199,13 +197,14 @@ __global__ void __launch_bounds__(kBlock)
         uint8_t* codes = static_cast<uint8_t*>(table.states[k][t]);
         if (lane == 0) reinterpret_cast<float*>(codes + code_bytes)[at / math::kQuantBlock] = absmax;
         const bool is_signed = sc.quant[k] == cpu::Quant::kSigned;
-        const float inv = absmax > 0.0f ? (is_signed ? sc.signed_code.vmax : sc.unsigned_code.vmax) / absmax : 0.0f;
+        const float inv = math::encode_scale(is_signed, absmax);
 #pragma unroll
         for (int j = 0; j < kPerLane; ++j) {
           const int64_t i = at + lane + kWarp * j;
           if (i < end) {
-            codes[i] = is_signed ? math::encode_signed(sc.signed_code, s[k][j], inv)
-                                 : math::encode_unsigned(sc.unsigned_code, s[k][j], inv);
+            codes[i] = is_signed ? math::encode_signed(s[k][j], inv)
+                                 : math::encode_unsigned(s[k][j], inv, math::code_random_byte(slot_key(table.keys[t], k),
+                                                                                              global_index(table.index[t], i)));
           }
         }
       } else {
@@ -233,7 +232,7 @@ void precision_apply(const cpu::TensorLists& l, const typename Update::Hyper& hy
   const cpu::Storage& st = l.storage;
   FUSEDOPT_CHECK(l.reg_grads == nullptr, "fusedopt: the classic ops take no low-precision storage");
   Scalars sc{hyper, l.device_lr, l.grad_scale, l.found_inf, st.state_dtype, st.param, st.param_stochastic,
-             st.state_stochastic, {}, math::SignedCode{}, math::UnsignedCode{}};
+             st.state_stochastic, {}};
   for (int k = 0; k < cpu::kMaxStates; ++k) sc.quant[k] = st.quant[k];
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   launch_tables<Table, Update>(

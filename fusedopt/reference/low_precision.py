@@ -108,7 +108,8 @@ def step(update, param, grad, states, *, param_precision="nearest", companion=No
     16-bit states are written to nearest, or stochastically with stochastic_states
     (stream k for the k-th state of `states`); 8-bit states (uint8) are
     dequantized and quantized again (reference.quantized), signed or not as
-    `signs` says for each state. key: the param stream's
+    `signs` says for each state, the non-negative ones rounded stochastically
+    (stream k too). key: the param stream's
     stream_key at this step; index: global_index of the param's elements."""
     if param_precision == "master":
         work = companion.clone()
@@ -139,7 +140,8 @@ def step(update, param, grad, states, *, param_precision="nearest", companion=No
             continue
         slot += 1
         if s.dtype == torch.uint8:
-            s.copy_(quantized.quantize(w, signed))
+            random = None if signed else quantized.random_bytes(random_bits, stream_key_of_slot(key, slot), index)
+            s.copy_(quantized.quantize(w, signed, random))
         else:
             s.copy_(round_to(w, s.dtype, stochastic_states, stream_key_of_slot(key, slot), index))
 

@@ -4,18 +4,34 @@ codes and absmaxes agree bit for bit.
 
 A state of n elements is one uint8 tensor of blocks(n) * 260 bytes: the codes
 of blocks(n) * 256 elements (a tail block padded with zero codes), then one
-float32 absmax per block of 256. A code is a "dynamic tree" value: its
-magnitude index k has its leading 1-bit at position i, which picks the decade
-[10^(i - D), 10^(i - D + 1)) of |x| / absmax * vmax, and its other i bits a
-linear step of that decade; signed states (momentum, m) have D = 7 decades and
-a sign bit, non-negative ones (v, sums of squares) D = 8. A value is coded by
-the step that holds it and decoded to the step's midpoint; 0 is code 0, and a
-positive non-negative value never becomes 0.
+float32 absmax per block of 256. A code is a small float relative to its
+block's absmax:
+
+- signed states (momentum, m): sign and E4M3 (4 exponent, 3 mantissa bits) of
+  x / absmax * 1.875, so the absmax is the largest code, 1.875;
+- non-negative states (v, sums of squares): E4M4 of sqrt(x / absmax) * 1.9375.
+  Coding the square root halves the binary orders of magnitude to cover, and
+  the update divides by sqrt(v) anyway.
+
+Both formats are the top bits of an IEEE float16 whose exponent stays below
+16: the value is rounded to float16 (nearest even), then to 3 or 4 mantissa
+bits, so subnormals below 2^-14 come with the format. Signed codes round to
+nearest even. Non-negative ones round stochastically in the optimizer step
+(6 random bits, random_bytes, added below the kept bits): they
+hold slow averages and sums whose per-step change is far under half a code
+step, which rounding to nearest would drop again and again. 0 stays
+0, a positive non-negative value never becomes 0 (it is raised to the
+smallest code first: a v coded as 0 would turn m / sqrt(v) into m / eps), and
+a NaN codes as 0 (its block's absmax is NaN, which every decoded value of the
+block then carries).
 """
 import torch
 
 BLOCK = 256
 BLOCK_BYTES = BLOCK + 4
+SIGNED_MAX = 1.875  # E4M3's largest value, float16 bits 0x3F80
+UNSIGNED_MAX = 1.9375  # E4M4's largest value, float16 bits 0x3FC0
+SMALLEST_UNSIGNED = 2.0 ** -18  # E4M4's smallest positive value (float16 bits 0x0040)
 
 
 def blocks(n):
@@ -27,49 +43,61 @@ def packed_bytes(n):
     return blocks(n) * BLOCK_BYTES
 
 
-def _tables(decades):
-    """(low, slope, offset, first, width, vmax) of each decade, in float32, as quantize.h's DecadeCode."""
-    low, slope, offset, first, width = [], [], [], [], []
-    value = 1.0
-    for _ in range(decades):
-        value /= 10.0
-    for i in range(decades):
-        steps = float(1 << i)
-        low.append(value)
-        slope.append(steps / (9.0 * value))
-        offset.append(steps / 9.0)
-        first.append(value * (1.0 + 4.5 / steps))
-        width.append(9.0 * value / steps)
-        value *= 10.0
-    f32 = [torch.tensor(t, dtype=torch.float32) for t in (low, slope, offset, first, width)]
-    vmax = f32[3][-1] + f32[4][-1] * torch.tensor(float((1 << (decades - 1)) - 1), dtype=torch.float32)
-    return (*f32, vmax)
+def random_bytes(random_bits, key, index):
+    """The random byte of each element index (int64 tensor) of stream `key`:
+    byte index % 4 of random_bits(key, index // 4), one hash for four elements
+    (random_bits: low_precision.random_bits)."""
+    return (random_bits(key, index >> 2) >> (8 * (index & 3))) & 0xFF
 
 
-SIGNED, UNSIGNED = _tables(7), _tables(8)
+def _f32(value):
+    return torch.tensor(value, dtype=torch.float32)
 
 
-def _encode_magnitude(y, tables, keep_positive):
-    low, slope, offset, _, _, _ = tables
-    decade = (y.unsqueeze(-1) >= low[1:]).sum(-1)  # the last decade whose low end y reaches
-    base = (1 << decade).to(torch.float32)
-    j = torch.floor(y * slope[decade] - offset[decade])
-    j = torch.where(j >= 0, j, torch.zeros_like(j))
-    j = torch.where(j <= base - 1, j, base - 1)
-    k = (base + j).to(torch.int64)
-    below = ((y > 0) & keep_positive).to(torch.int64)
-    return torch.where(y >= low[0], k, below)
+def _rounded_float16_bits(y, dropped_bits, random=None):
+    """|float16(y)| with its lowest `dropped_bits` mantissa bits rounded off
+    (to nearest even, or stochastically with the low bits of `random`),
+    shifted down; a NaN's code is 0."""
+    magnitude = y.to(torch.float16).view(torch.int16).to(torch.int32) & 0x7FFF
+    if random is None:
+        carry = (1 << (dropped_bits - 1)) - 1 + ((magnitude >> dropped_bits) & 1)
+    else:
+        carry = (random & ((1 << dropped_bits) - 1)).to(torch.int32)
+    kept = (magnitude + carry) >> dropped_bits
+    return torch.where(magnitude > 0x7C00, 0, kept.clamp(max=(0xFF >> (dropped_bits - 6))))
 
 
-def _decode_magnitude(k, tables):
-    _, _, _, first, width, _ = tables
-    decade = (k.unsqueeze(-1) >= (1 << torch.arange(1, len(first)))).sum(-1)
-    value = first[decade] + width[decade] * (k - (1 << decade)).to(torch.float32)
-    return torch.where(k == 0, torch.zeros_like(value), value)
+def encode(x, absmax, signed, random=None):
+    """Codes (int32, 0..255) of x (float32) in blocks with these absmaxes
+    (broadcast); non-negative codes round stochastically where `random` (a
+    random byte per element) is given, to nearest where not."""
+    if signed:
+        inv = torch.where(absmax > 0, _f32(SIGNED_MAX) / absmax, _f32(0.0))
+        y = x * inv
+        codes = _rounded_float16_bits(y, 7)
+        negative = y.to(torch.float16).view(torch.int16) < 0  # the sign of float16(y): -0 included
+        return torch.where(torch.isnan(y), 0, codes | torch.where(negative, 0x80, 0))
+    inv = torch.where(absmax > 0, _f32(UNSIGNED_MAX * UNSIGNED_MAX) / absmax, _f32(0.0))
+    y = torch.sqrt(x * inv)
+    y = torch.where(y > 0, torch.maximum(y, _f32(SMALLEST_UNSIGNED)), y)
+    return _rounded_float16_bits(y, 6, random)
 
 
-def quantize(x, signed):
-    """The 8-bit state (uint8, packed_bytes(n)) of x (any shape, float)."""
+def decode(codes, absmax, signed):
+    """float32 values of codes (int32) in blocks with these absmaxes (broadcast)."""
+    if signed:
+        bits = ((codes & 0x7F) << 7) | ((codes & 0x80) << 8)
+        value = bits.to(torch.int16).view(torch.float16).float()
+        return value * (absmax / _f32(SIGNED_MAX))
+    value = (codes << 6).to(torch.int16).view(torch.float16).float()
+    return (value * value) * (absmax / _f32(UNSIGNED_MAX * UNSIGNED_MAX))
+
+
+def quantize(x, signed, random=None):
+    """The 8-bit state (uint8, packed_bytes(n)) of x (any shape, float).
+    random: for a non-negative state, a random byte per element (int64 tensor
+    of x's numel, random_bytes) to round as the optimizer step does; None
+    rounds to nearest (a one-time conversion)."""
     x = x.detach().reshape(-1).float()
     n = x.numel()
     padded = torch.zeros(blocks(n) * BLOCK, dtype=torch.float32, device=x.device)
@@ -78,14 +106,11 @@ def quantize(x, signed):
     nan = torch.isnan(view).any(dim=1)
     absmax = view.abs().amax(dim=1)
     absmax = torch.where(nan, torch.full_like(absmax, float("nan")), absmax)
-    tables = SIGNED if signed else UNSIGNED
-    vmax = tables[5]
-    inv = torch.where(absmax > 0, vmax / absmax, torch.zeros_like(absmax)).unsqueeze(1)
-    if signed:
-        k = _encode_magnitude(view.abs() * inv, tables, False)
-        codes = k | torch.where(view < 0, 0x80, 0)
-    else:
-        codes = _encode_magnitude(view * inv, tables, True)
+    if random is not None:
+        bits = torch.zeros(blocks(n) * BLOCK, dtype=torch.int64, device=x.device)
+        bits[:n] = random.reshape(-1)
+        random = bits.view(-1, BLOCK)
+    codes = encode(view, absmax.unsqueeze(1), signed, random)
     out = torch.empty(packed_bytes(n), dtype=torch.uint8, device=x.device)
     out[:blocks(n) * BLOCK] = codes.to(torch.uint8).reshape(-1)
     out[blocks(n) * BLOCK:] = absmax.view(torch.uint8)
@@ -95,13 +120,6 @@ def quantize(x, signed):
 def dequantize(packed, shape, signed):
     """The float32 values of an 8-bit state of a tensor of `shape`."""
     n = int(torch.Size(shape).numel())
-    codes = packed[:blocks(n) * BLOCK].to(torch.int64).view(-1, BLOCK)
+    codes = packed[:blocks(n) * BLOCK].to(torch.int32).view(-1, BLOCK)
     absmax = packed[blocks(n) * BLOCK:].view(torch.float32)
-    tables = SIGNED if signed else UNSIGNED
-    scale = (absmax / tables[5]).unsqueeze(1)
-    if signed:
-        values = _decode_magnitude(codes & 0x7F, tables) * scale
-        values = torch.where(codes >= 0x80, -values, values)
-    else:
-        values = _decode_magnitude(codes, tables) * scale
-    return values.reshape(-1)[:n].reshape(shape)
+    return decode(codes, absmax.unsqueeze(1), signed).reshape(-1)[:n].reshape(shape)
