@@ -10,35 +10,61 @@ eps) becomes: its relative error over all elements, the worst relative error
 of one element, and the worst amplification (how much larger than the exact
 update one element's update gets: the number that matters for stability, a
 v coded too small blows an update up).
+
+Coding a state once is half the story: an 8-bit optimizer codes its states
+again every step, and a slow average (v moves by 1 - beta2 = 0.1% a step)
+whose change stays under half a code step is rounded back to where it was. So
+a second run (300 steps at lr 1e-4 and weight decay 0.1, as `python -m
+benchmarks --train-precision` trains) keeps a coded copy of v for each
+candidate v code, updated from the real gradients every step, and reports the
+update with that v against the exact one (its projection on the exact update:
+1.00 is unbiased, above 1 means updates too large because v lags low).
 """
 import os
 import sys
 
 import torch
 
-from fusedopt.reference import quantized
+from fusedopt.reference import low_precision, quantized
 
 BLOCK = 256
 EPS = 1e-8
 
 
-def adam_states(steps=150):
+def adam_states(steps=150, lr=1e-3, weight_decay=0.01, v_codes=None):
+    """exp_avg and exp_avg_sq (blocks of BLOCK) after `steps` AdamW steps, and
+    for each of v_codes (name: function of a flat v giving it coded and
+    decoded) the projection of the update with the coded v kept step by step."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
     from train_compare import Classifier, make_batch
     torch.manual_seed(0)
     model = Classifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    beta1, beta2 = 0.9, 0.999
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
     g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    big = [p for p in model.parameters() if p.numel() >= 4096]
+    kept = {name: [torch.zeros(p.numel()) for p in big] for name in (v_codes or {})}
+    projection = {}
+    for step in range(1, steps + 1):
         x, y = make_batch(g)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    big = [p for p in model.parameters() if p.numel() >= 4096]
+        for name, code in (v_codes or {}).items():
+            along = norm = 0.0
+            for i, p in enumerate(big):
+                grad = p.grad.flatten()
+                kept[name][i] = code(beta2 * kept[name][i] + (1 - beta2) * grad * grad, step, i)
+                m, v = opt.state[p]["exp_avg"].flatten(), opt.state[p]["exp_avg_sq"].flatten()
+                exact = m / ((v / (1 - beta2 ** step)).sqrt() + EPS)
+                coded = m / ((kept[name][i] / (1 - beta2 ** step)).sqrt() + EPS)
+                along += float((coded * exact).sum())
+                norm += float((exact * exact).sum())
+            projection[name] = along / norm
     m = torch.cat([opt.state[p]["exp_avg"].flatten() for p in big])
     v = torch.cat([opt.state[p]["exp_avg_sq"].flatten() for p in big])
     n = m.numel() // BLOCK * BLOCK
-    return m[:n].view(-1, BLOCK), v[:n].view(-1, BLOCK)
+    return m[:n].view(-1, BLOCK), v[:n].view(-1, BLOCK), projection
 
 
 def dynamic_tree(signed, max_exp=7):
@@ -78,10 +104,33 @@ def nearest(x, code):
     return torch.where((y - low).abs() <= (high - y).abs(), low, high) * absmax
 
 
-def ours(x, signed):
-    """fusedopt's code (fusedopt.reference.quantized), as the kernels store it."""
+def ours(x, signed, random=None):
+    """fusedopt's code (fusedopt.reference.quantized), as the kernels store it
+    (random: the random bytes of stochastic rounding; None: nearest)."""
     flat = x.reshape(-1)
-    return quantized.dequantize(quantized.quantize(flat, signed), flat.shape, signed).view_as(x)
+    return quantized.dequantize(quantized.quantize(flat, signed, random), flat.shape, signed).view_as(x)
+
+
+def blockwise(code):
+    """A flat state coded in blocks of BLOCK by `code` (a function of the blocks)."""
+    def coded(flat, *_):
+        pad = (-flat.numel()) % BLOCK
+        blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, BLOCK)
+        return code(blocks).reshape(-1)[:flat.numel()]
+    return coded
+
+
+def v_codes():
+    """The candidate codes of v, as kept step by step (adam_states)."""
+    def stochastic(flat, step, tensor):
+        key = low_precision.stream_key(0, tensor, step)
+        return ours(flat, False, quantized.random_bytes(low_precision.random_bits, key, torch.arange(flat.numel())))
+    return {
+        "dynamic tree (bitsandbytes), nearest": blockwise(lambda v: nearest(v, dynamic_tree(False))),
+        "E4M4 sqrt(v), nearest": lambda flat, *_: ours(flat, False),
+        "E3M5 sqrt(v), nearest": blockwise(lambda v: nearest(v.sqrt(), float_code(3, 5, False)) ** 2),
+        "fusedopt: E4M4 sqrt(v), stochastic": stochastic,
+    }
 
 
 def measure(m, v, mq, vq):
@@ -98,7 +147,7 @@ def candidates(m, v):
     linear_signed, linear_unsigned = torch.linspace(-1, 1, 255), torch.linspace(0, 1, 256)
     return {
         "dynamic tree (bitsandbytes), m and v": (nearest(m, dynamic_tree(True)), nearest(v, dynamic_tree(False))),
-        "fusedopt: decade-interval tree, m 7 / v 8 decades": (ours(m, True), ours(v, False)),
+        "fusedopt: E4M3 m, E4M4 sqrt(v) (float16 bits)": (ours(m, True), ours(v, False)),
         "linear m, linear sqrt(v)": (nearest(m, linear_signed), nearest(v.sqrt(), linear_unsigned) ** 2),
         "E3M4 m, E4M4 sqrt(v)": (nearest(m, float_code(3, 4, True)), nearest(v.sqrt(), float_code(4, 4, False)) ** 2),
         "E4M3 m, E4M4 sqrt(v)": (nearest(m, float_code(4, 3, True)), nearest(v.sqrt(), float_code(4, 4, False)) ** 2),
@@ -107,12 +156,17 @@ def candidates(m, v):
 
 
 def main():
-    m, v = adam_states()
+    m, v, _ = adam_states()
     print(f"{m.numel()} Adam state elements in blocks of {BLOCK}")
     print(f"{'code':52} {'update rel. error':>18} {'worst element':>14} {'worst amplification':>20}")
     for name, (mq, vq) in candidates(m, v).items():
         relative, worst, amplification = measure(m, v, mq, vq)
         print(f"{name:52} {relative:18.3e} {worst:14.2f} {amplification:19.2f}x")
+    # The trajectory as python -m benchmarks --train-precision runs it.
+    _, _, projection = adam_states(steps=300, lr=1e-4, weight_decay=0.1, v_codes=v_codes())
+    print("\nv coded every step, 300 steps at lr 1e-4: the update's projection on the exact one (1.00: unbiased)")
+    for name, value in projection.items():
+        print(f"{name:52} {value:18.3f}")
 
 
 if __name__ == "__main__":
