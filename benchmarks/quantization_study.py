@@ -54,10 +54,14 @@ def adam_states(steps=150, lr=1e-3, weight_decay=0.01, v_codes=None):
             along = norm = 0.0
             for i, p in enumerate(big):
                 grad = p.grad.flatten()
-                kept[name][i] = code(beta2 * kept[name][i] + (1 - beta2) * grad * grad, step, i)
                 m, v = opt.state[p]["exp_avg"].flatten(), opt.state[p]["exp_avg_sq"].flatten()
                 exact = m / ((v / (1 - beta2 ** step)).sqrt() + EPS)
-                coded = m / ((kept[name][i] / (1 - beta2 ** step)).sqrt() + EPS)
+                if name.startswith("m: "):  # a code of m, with the exact v
+                    kept[name][i] = code(beta1 * kept[name][i] + (1 - beta1) * grad, step, i)
+                    coded = kept[name][i] / ((v / (1 - beta2 ** step)).sqrt() + EPS)
+                else:
+                    kept[name][i] = code(beta2 * kept[name][i] + (1 - beta2) * grad * grad, step, i)
+                    coded = m / ((kept[name][i] / (1 - beta2 ** step)).sqrt() + EPS)
                 along += float((coded * exact).sum())
                 norm += float((exact * exact).sum())
             projection[name] = along / norm
@@ -121,7 +125,7 @@ def blockwise(code):
 
 
 def v_codes():
-    """The candidate codes of v, as kept step by step (adam_states)."""
+    """The candidate codes of v (and, named "m: ...", of m), as kept step by step (adam_states)."""
     def stochastic(flat, step, tensor):
         key = low_precision.stream_key(0, tensor, step)
         return ours(flat, False, quantized.random_bytes(low_precision.random_bits, key, torch.arange(flat.numel())))
@@ -130,6 +134,8 @@ def v_codes():
         "E4M4 sqrt(v), nearest": lambda flat, *_: ours(flat, False),
         "E3M5 sqrt(v), nearest": blockwise(lambda v: nearest(v.sqrt(), float_code(3, 5, False)) ** 2),
         "fusedopt: E4M4 sqrt(v), stochastic": stochastic,
+        "m: dynamic tree (bitsandbytes), nearest": blockwise(lambda m: nearest(m, dynamic_tree(True))),
+        "m: fusedopt: E4M3, nearest": lambda flat, *_: ours(flat, True),
     }
 
 
@@ -164,7 +170,8 @@ def main():
         print(f"{name:52} {relative:18.3e} {worst:14.2f} {amplification:19.2f}x")
     # The trajectory as python -m benchmarks --train-precision runs it.
     _, _, projection = adam_states(steps=300, lr=1e-4, weight_decay=0.1, v_codes=v_codes())
-    print("\nv coded every step, 300 steps at lr 1e-4: the update's projection on the exact one (1.00: unbiased)")
+    print("\nv (or m) coded every step, 300 steps at lr 1e-4: the update's projection on the exact one "
+          "(1.00: unbiased)")
     for name, value in projection.items():
         print(f"{name:52} {value:18.3f}")
 
