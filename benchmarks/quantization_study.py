@@ -131,9 +131,10 @@ def v_codes():
         return ours(flat, False, quantized.random_bytes(low_precision.random_bits, key, torch.arange(flat.numel())))
     return {
         "dynamic tree (bitsandbytes), nearest": blockwise(lambda v: nearest(v, dynamic_tree(False))),
-        "E4M4 sqrt(v), nearest": lambda flat, *_: ours(flat, False),
+        "E4M4 sqrt(v), nearest": blockwise(lambda v: nearest(v.sqrt(), float_code(4, 4, False)) ** 2),
         "E3M5 sqrt(v), nearest": blockwise(lambda v: nearest(v.sqrt(), float_code(3, 5, False)) ** 2),
-        "fusedopt: E4M4 sqrt(v), stochastic": stochastic,
+        "E5M3 v, nearest (fusedopt's code)": lambda flat, *_: ours(flat, False),
+        "fusedopt: E5M3 v, stochastic": stochastic,
         "m: dynamic tree (bitsandbytes), nearest": blockwise(lambda m: nearest(m, dynamic_tree(True))),
         "m: fusedopt: E4M3, nearest": lambda flat, *_: ours(flat, True),
     }
@@ -153,7 +154,7 @@ def candidates(m, v):
     linear_signed, linear_unsigned = torch.linspace(-1, 1, 255), torch.linspace(0, 1, 256)
     return {
         "dynamic tree (bitsandbytes), m and v": (nearest(m, dynamic_tree(True)), nearest(v, dynamic_tree(False))),
-        "fusedopt: E4M3 m, E4M4 sqrt(v) (float16 bits)": (ours(m, True), ours(v, False)),
+        "fusedopt: E4M3 m, E5M3 v (float16 bits)": (ours(m, True), ours(v, False)),
         "linear m, linear sqrt(v)": (nearest(m, linear_signed), nearest(v.sqrt(), linear_unsigned) ** 2),
         "E3M4 m, E4M4 sqrt(v)": (nearest(m, float_code(3, 4, True)), nearest(v.sqrt(), float_code(4, 4, False)) ** 2),
         "E4M3 m, E4M4 sqrt(v)": (nearest(m, float_code(4, 3, True)), nearest(v.sqrt(), float_code(4, 4, False)) ** 2),

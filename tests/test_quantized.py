@@ -45,10 +45,9 @@ def _half_step(y, mantissa_bits):
 def test_codes_round_trip_within_half_a_step():
     """The code's definition, checked independently of how it is computed: a
     signed value comes back within half an E4M3 step of |x| / absmax * 1.875,
-    a non-negative one's square root within half an E4M4 step of
-    sqrt(x / absmax) * 1.9375, where those steps are 2^-3 and 2^-4 of the
-    value's binary order (2^-17 and 2^-18 below 2^-14); positive values below
-    E4M4's smallest code come back as that code."""
+    a non-negative one within half an E5M3 step of x / absmax * 61440, where
+    that step is 2^-3 of the value's binary order (2^-17 below 2^-14); positive
+    values below E5M3's smallest code come back as that code."""
     for signed in (True, False):
         x = _values(256 * 40 + 3, 1)
         x = x if signed else x.abs()
@@ -56,16 +55,16 @@ def test_codes_round_trip_within_half_a_step():
         absmax = x.view(-1)[: 256 * 40].view(40, 256).abs().amax(1)
         blockwise = torch.cat([absmax.repeat_interleave(256), x[256 * 40:].abs().max().reshape(1).expand(3)])
         blockwise = blockwise.double().clamp_min(1e-300)
+        top = q.SIGNED_MAX if signed else q.UNSIGNED_MAX
+        y, y_back = x.abs().double() / blockwise * top, back.abs().double() / blockwise * top
+        bound = _half_step(y, 3) * 1.0001 + 1e-12
         if signed:
-            y, y_back = x.abs().double() / blockwise * 1.875, back.abs().double() / blockwise * 1.875
-            assert ((y_back - y).abs() <= _half_step(y, 3) * 1.0001 + 1e-12).all()
             assert ((back == 0) | (torch.sign(back) == torch.sign(x))).all()
         else:
-            s, s_back = (x.double() / blockwise).sqrt() * 1.9375, (back.double() / blockwise).sqrt() * 1.9375
-            smallest = 2.0 ** -18
-            bound = torch.where(s < smallest, torch.full_like(s, smallest), _half_step(s, 4) * 1.0001 + 1e-12)
-            assert ((s_back - s).abs() <= bound).all()
+            smallest = q.SMALLEST_UNSIGNED
+            bound = torch.where(y < smallest, torch.full_like(y, smallest), bound)
             assert torch.equal(back == 0, x == 0), "a positive value never becomes 0"
+        assert ((y_back - y).abs() <= bound).all()
         assert (back[x == 0] == 0).all()
 
 
@@ -81,31 +80,31 @@ def test_codes_are_monotone_and_keep_signs():
 
 
 def test_stochastic_codes_are_unbiased():
-    """Non-negative codes round stochastically: over the 64 carries a random
-    byte's low bits take, the decoded square roots average to the float16
-    value exactly (a probability of rounding up equal to the dropped
-    fraction); each lands on one of the two neighbouring codes."""
-    block = torch.linspace(0.001, 1.0, 256) ** 2
+    """Non-negative codes round stochastically: over the 128 carries a random
+    byte's low bits take, the decoded values average to the float16 value
+    exactly (a probability of rounding up equal to the dropped fraction); each
+    lands on one of the two neighbouring codes."""
+    block = torch.linspace(0.01, 1.0, 256) ** 4  # from 6e-4 coded: above the smallest code, 2^-17
     absmax = block.max()
-    exact = ((block / absmax).sqrt() * q.UNSIGNED_MAX).half().float()  # what the codes round: the float16 value
+    exact = (block * (q.UNSIGNED_MAX / absmax)).half().float()  # what the codes round: the float16 value
     nearest = q.decode(q.encode(block, absmax, False), absmax, False)
     total = torch.zeros(256, dtype=torch.float64)
-    for carry in range(64):
-        random = torch.full((256,), carry + 64 * (carry % 4), dtype=torch.int64)  # the byte's high bits don't count
+    for carry in range(128):
+        random = torch.full((256,), carry + 128 * (carry % 2), dtype=torch.int64)  # the byte's top bit doesn't count
         back = q.decode(q.encode(block, absmax, False, random), absmax, False)
-        root = (back / absmax).sqrt() * q.UNSIGNED_MAX
-        assert ((root - exact).abs() <= _half_step(exact, 4) * 2).all()
-        total += root.double()
-    torch.testing.assert_close(total / 64, exact.double(), rtol=1e-6, atol=0)
+        y = back * (q.UNSIGNED_MAX / absmax)
+        assert ((y - exact).abs() <= _half_step(exact, 3) * 2).all()
+        total += y.double()
+    torch.testing.assert_close(total / 128, exact.double(), rtol=1e-6, atol=0)
     assert not torch.equal(nearest, q.decode(q.encode(block, absmax, False, torch.zeros(256, dtype=torch.int64)),
                                              absmax, False)), "a carry of 0 rounds down, unlike nearest"
 
 
 def test_native_stochastic_codes_are_unbiased():
     """The native random bytes: 64 blocks of Adagrad's first sum, each with one
-    large element and 255 equal values between two codes; their decoded square
-    roots average to the exact one within 4 standard errors, and about as many
-    round up as the dropped fraction says."""
+    large element and 255 equal values between two codes; their decoded
+    values average to the exact one within 4 standard errors, and about as
+    many round up as the dropped fraction says."""
     n = 256 * 64
     grad = torch.full((n,), 0.3)
     grad[::256] = 1.0
@@ -114,11 +113,10 @@ def test_native_stochastic_codes_are_unbiased():
     p.grad = grad
     opt.step()
     back = q.dequantize(opt.state[p]["sum"], (n,), False)
-    root = (back / 1.0).sqrt() * q.UNSIGNED_MAX
     small = torch.ones(n, dtype=torch.bool)
     small[::256] = False
-    exact = torch.tensor(0.3 * 0.3, dtype=torch.float32).sqrt().item() * q.UNSIGNED_MAX
-    values = root[small].double()
+    values = back[small].double()
+    exact = (torch.tensor(0.3) * torch.tensor(0.3)).double().item()
     assert values.unique().numel() == 2, "each value takes one of the two codes around it"
     low, high = values.unique().tolist()
     fraction = (exact - low) / (high - low)
@@ -190,26 +188,28 @@ def _random_bytes(opt, slot, step=1):
 
 
 def _edge_blocks():
-    """Blocks whose codes are easy to get wrong. With the block's absmax at the
-    format's largest code (1.875 for SGD's signed momentum buffer; Adagrad codes
-    sqrt(g * g / absmax) * 1.9375 = |g| when max |g| = 1.9375), the coded
-    value is the grad itself: every code value of E4M3 and E4M4, the ties half
+    """Blocks whose codes are easy to get wrong, as the grad: SGD's first
+    momentum buffer holds these exact values, Adagrad's first sum their
+    squares. With the block's absmax at 1.875 (E4M3's largest code) the
+    momentum's coded value is the grad itself: every code value, the ties half
     way between neighbouring codes (nearest even decides) and the float32
     neighbours of both (where rounding to float16 first moves a value onto a
-    tie), powers of two down to 2^-30. Then a subnormal absmax (the scale
-    overflows to inf), an inf, a NaN, negative zeros, and a last block of 29
-    elements (16 + 8 + 5: every loop width). As the grad: SGD's first momentum
-    buffer holds these exact values, Adagrad's first sum their squares."""
-    values = []
-    for code_bits, dropped in ((torch.arange(128), 7), (torch.arange(256), 6)):
-        grid = (code_bits << dropped).to(torch.int16).view(torch.float16).float()
-        values += [grid, (grid[1:] + grid[:-1]) / 2]
-    marks = torch.cat(values + [2.0 ** torch.arange(-30, 1, dtype=torch.float32)])
-    up, down = marks.nextafter(torch.tensor(float("inf"))), marks.nextafter(torch.tensor(0.0))
-    edges = torch.cat([marks, up, down])
+    tie), powers of two down to 2^-30. For the sum, the square roots of E5M3's
+    code values and ties and their neighbours, under a block absmax of about
+    61440 (E5M3's largest code), so the squares land at and around them. Then a
+    subnormal absmax (the scale overflows to inf), an inf, a NaN, negative
+    zeros, and a last block of 29 elements (16 + 8 + 5: every loop width)."""
+    def marks(grid):
+        ties = (grid[1:] + grid[:-1]) / 2
+        values = torch.cat([grid, ties])
+        return torch.cat([values, values.nextafter(torch.tensor(float("inf"))), values.nextafter(torch.tensor(0.0))])
+    signed_grid = (torch.arange(128) << 7).to(torch.int16).view(torch.float16).float()
+    unsigned_grid = (torch.arange(0xF8) << 7).to(torch.int16).view(torch.float16).float()
+    signed_marks = torch.cat([marks(signed_grid), 2.0 ** torch.arange(-30, 1, dtype=torch.float32)])
     blocks = [_values(16 * 256, 3)]
-    for top in (q.SIGNED_MAX, q.UNSIGNED_MAX):
-        for part in edges[edges <= top].split(255):
+    for part_marks, top in ((signed_marks, q.SIGNED_MAX), (marks(unsigned_grid).sqrt(), q.UNSIGNED_MAX ** 0.5)):
+        part_marks = part_marks[part_marks <= top]
+        for part in part_marks.split(255):
             block = torch.zeros(256)
             block[: part.numel()] = torch.where(torch.arange(part.numel()) % 2 == 0, part, -part)
             block[255] = top

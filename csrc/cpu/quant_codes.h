@@ -25,8 +25,7 @@ FUSEDOPT_ALWAYS_INLINE void decode_codes(const uint8_t* codes, float scale, floa
         const __m256i sign = _mm256_slli_epi16(_mm256_srli_epi16(code, 7), 15);
         value = _mm512_cvtph_ps(_mm256_or_si256(magnitude, sign));
       } else {
-        value = _mm512_cvtph_ps(_mm256_slli_epi16(code, 6));
-        value = _mm512_mul_ps(value, value);
+        value = _mm512_cvtph_ps(_mm256_slli_epi16(code, 7));
       }
       _mm512_storeu_ps(dst + i, _mm512_mul_ps(value, s));
     }
@@ -41,8 +40,7 @@ FUSEDOPT_ALWAYS_INLINE void decode_codes(const uint8_t* codes, float scale, floa
       const __m128i magnitude = _mm_slli_epi16(_mm_and_si128(code, _mm_set1_epi16(0x7F)), 7);
       value = _mm256_cvtph_ps(_mm_or_si128(magnitude, _mm_slli_epi16(_mm_srli_epi16(code, 7), 15)));
     } else {
-      value = _mm256_cvtph_ps(_mm_slli_epi16(code, 6));
-      value = _mm256_mul_ps(value, value);
+      value = _mm256_cvtph_ps(_mm_slli_epi16(code, 7));
     }
     _mm256_storeu_ps(dst + i, _mm256_mul_ps(value, s));
   }
@@ -53,29 +51,27 @@ FUSEDOPT_ALWAYS_INLINE void decode_codes(const uint8_t* codes, float scale, floa
 }
 
 #if defined(FUSEDOPT_AVX2_F16C)
-// The low 6 bits of 16 random bytes, as 16-bit lanes.
+// The low 7 bits of 16 random bytes, as 16-bit lanes.
 FUSEDOPT_ALWAYS_INLINE __m256i random_carries(const uint8_t* random) {
   const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(random)));
-  return _mm256_and_si256(bytes, _mm256_set1_epi16(0x3F));
+  return _mm256_and_si256(bytes, _mm256_set1_epi16(0x7F));
 }
 
 // quantize.h's round_float16_magnitude and sign for 16 float16 lanes; random:
 // for non-negative codes, random_carries.
 template <bool Signed>
 FUSEDOPT_ALWAYS_INLINE __m256i float16_codes(__m256i h, __m256i random) {
-  constexpr int dropped = Signed ? 7 : 6;
   const __m256i magnitude = _mm256_and_si256(h, _mm256_set1_epi16(0x7FFF));
   __m256i carry = random;
   if constexpr (Signed) {
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(magnitude, dropped), _mm256_set1_epi16(1));
-    carry = _mm256_add_epi16(_mm256_set1_epi16((1 << (dropped - 1)) - 1), odd);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(magnitude, 7), _mm256_set1_epi16(1));
+    carry = _mm256_add_epi16(_mm256_set1_epi16(0x3F), odd);
   }
-  __m256i k = _mm256_srli_epi16(_mm256_add_epi16(magnitude, carry), dropped);
-  k = _mm256_min_epu16(k, _mm256_set1_epi16(Signed ? 0x7F : 0xFF));
+  __m256i k = _mm256_srli_epi16(_mm256_add_epi16(magnitude, carry), 7);
+  k = _mm256_min_epu16(k, _mm256_set1_epi16(Signed ? 0x7F : 0xF7));
   if constexpr (Signed) k = _mm256_or_si256(k, _mm256_and_si256(_mm256_srli_epi16(h, 8), _mm256_set1_epi16(0x80)));
   return _mm256_andnot_si256(_mm256_cmpgt_epi16(magnitude, _mm256_set1_epi16(0x7C00)), k);  // NaN: 0
 }
-
 #endif
 
 // m values of one block to codes (inv: quantize.h's encode_scale; random:
@@ -91,7 +87,6 @@ FUSEDOPT_ALWAYS_INLINE void encode_codes(const float* src, float inv, const uint
       __m512 y = _mm512_mul_ps(_mm512_loadu_ps(src + i), v);
       __m256i bits = _mm256_setzero_si256();
       if constexpr (!Signed) {
-        y = _mm512_sqrt_ps(y);
         y = _mm512_mask_max_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), y, smallest);
         bits = random_carries(random + i);
       }
@@ -105,7 +100,6 @@ FUSEDOPT_ALWAYS_INLINE void encode_codes(const float* src, float inv, const uint
   const auto to_float16 = [&](const float* at) {
     __m256 y = _mm256_mul_ps(_mm256_loadu_ps(at), v);
     if constexpr (!Signed) {
-      y = _mm256_sqrt_ps(y);
       y = _mm256_blendv_ps(y, _mm256_max_ps(y, smallest), _mm256_cmp_ps(y, zero, _CMP_GT_OQ));
     }
     return _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -9,29 +9,28 @@ block's absmax:
 
 - signed states (momentum, m): sign and E4M3 (4 exponent, 3 mantissa bits) of
   x / absmax * 1.875, so the absmax is the largest code, 1.875;
-- non-negative states (v, sums of squares): E4M4 of sqrt(x / absmax) * 1.9375.
-  Coding the square root halves the binary orders of magnitude to cover, and
-  the update divides by sqrt(v) anyway.
+- non-negative states (v, sums of squares): E5M3 of x / absmax * 61440, whose
+  5 exponent bits cover the 32 binary orders of magnitude v spans.
 
-Both formats are the top bits of an IEEE float16 whose exponent stays below
-16: the value is rounded to float16 (nearest even), then to 3 or 4 mantissa
-bits, so subnormals below 2^-14 come with the format. Signed codes round to
-nearest even. Non-negative ones round stochastically in the optimizer step
-(6 random bits, random_bytes, added below the kept bits): they
+Both formats are the top bits of an IEEE float16 (sign, 5 exponent bits, 10
+mantissa bits): the value is rounded to float16 (nearest even), then to 3
+mantissa bits, so subnormals below 2^-14 come with the format. Signed codes
+round to nearest even. Non-negative ones round stochastically in the
+optimizer step (7 random bits, random_bytes, added below the kept bits): they
 hold slow averages and sums whose per-step change is far under half a code
-step, which rounding to nearest would drop again and again. 0 stays
-0, a positive non-negative value never becomes 0 (it is raised to the
-smallest code first: a v coded as 0 would turn m / sqrt(v) into m / eps), and
-a NaN codes as 0 (its block's absmax is NaN, which every decoded value of the
-block then carries).
+step, which rounding to nearest would drop again and again. 0 stays 0, a
+positive non-negative value never becomes 0 (it is raised to the smallest code
+first: a v coded as 0 would turn m / sqrt(v) into m / eps), and a NaN codes as
+0 (its block's absmax is NaN, which every decoded value of the block then
+carries).
 """
 import torch
 
 BLOCK = 256
 BLOCK_BYTES = BLOCK + 4
-SIGNED_MAX = 1.875  # E4M3's largest value, float16 bits 0x3F80
-UNSIGNED_MAX = 1.9375  # E4M4's largest value, float16 bits 0x3FC0
-SMALLEST_UNSIGNED = 2.0 ** -18  # E4M4's smallest positive value (float16 bits 0x0040)
+SIGNED_MAX = 1.875  # E4M3's largest value, float16 bits 0x3F80 (code 0x7F)
+UNSIGNED_MAX = 61440.0  # E5M3's largest value, float16 bits 0x7B80 (code 0xF7)
+SMALLEST_UNSIGNED = 2.0 ** -17  # E5M3's smallest positive value (float16 bits 0x0080)
 
 
 def blocks(n):
@@ -54,17 +53,17 @@ def _f32(value):
     return torch.tensor(value, dtype=torch.float32)
 
 
-def _rounded_float16_bits(y, dropped_bits, random=None):
-    """|float16(y)| with its lowest `dropped_bits` mantissa bits rounded off
-    (to nearest even, or stochastically with the low bits of `random`),
-    shifted down; a NaN's code is 0."""
+def _rounded_float16_bits(y, largest, random=None):
+    """|float16(y)| with its lowest 7 bits rounded off (to nearest even, or
+    stochastically with the low 7 bits of `random`), shifted down, at most
+    `largest`; a NaN's code is 0."""
     magnitude = y.to(torch.float16).view(torch.int16).to(torch.int32) & 0x7FFF
     if random is None:
-        carry = (1 << (dropped_bits - 1)) - 1 + ((magnitude >> dropped_bits) & 1)
+        carry = 63 + ((magnitude >> 7) & 1)
     else:
-        carry = (random & ((1 << dropped_bits) - 1)).to(torch.int32)
-    kept = (magnitude + carry) >> dropped_bits
-    return torch.where(magnitude > 0x7C00, 0, kept.clamp(max=(0xFF >> (dropped_bits - 6))))
+        carry = (random & 0x7F).to(torch.int32)
+    kept = (magnitude + carry) >> 7
+    return torch.where(magnitude > 0x7C00, 0, kept.clamp(max=largest))
 
 
 def encode(x, absmax, signed, random=None):
@@ -74,13 +73,13 @@ def encode(x, absmax, signed, random=None):
     if signed:
         inv = torch.where(absmax > 0, _f32(SIGNED_MAX) / absmax, _f32(0.0))
         y = x * inv
-        codes = _rounded_float16_bits(y, 7)
+        codes = _rounded_float16_bits(y, 0x7F)
         negative = y.to(torch.float16).view(torch.int16) < 0  # the sign of float16(y): -0 included
         return torch.where(torch.isnan(y), 0, codes | torch.where(negative, 0x80, 0))
-    inv = torch.where(absmax > 0, _f32(UNSIGNED_MAX * UNSIGNED_MAX) / absmax, _f32(0.0))
-    y = torch.sqrt(x * inv)
+    inv = torch.where(absmax > 0, _f32(UNSIGNED_MAX) / absmax, _f32(0.0))
+    y = x * inv
     y = torch.where(y > 0, torch.maximum(y, _f32(SMALLEST_UNSIGNED)), y)
-    return _rounded_float16_bits(y, 6, random)
+    return _rounded_float16_bits(y, 0xF7, random)
 
 
 def decode(codes, absmax, signed):
@@ -89,8 +88,8 @@ def decode(codes, absmax, signed):
         bits = ((codes & 0x7F) << 7) | ((codes & 0x80) << 8)
         value = bits.to(torch.int16).view(torch.float16).float()
         return value * (absmax / _f32(SIGNED_MAX))
-    value = (codes << 6).to(torch.int16).view(torch.float16).float()
-    return (value * value) * (absmax / _f32(UNSIGNED_MAX * UNSIGNED_MAX))
+    value = (codes << 7).to(torch.int16).view(torch.float16).float()
+    return value * (absmax / _f32(UNSIGNED_MAX))
 
 
 def quantize(x, signed, random=None):
