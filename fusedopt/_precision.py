@@ -27,6 +27,11 @@ PARAM_PRECISIONS = ("nearest", "stochastic", "compensated", "master")
 STATE_DTYPES = {None: None, torch.bfloat16: "bfloat16", torch.float32: "float32", "bfloat16": "bfloat16",
                 "float32": "float32", "8bit": "8bit", torch.uint8: "8bit"}
 QUANTIZE_THRESHOLD = 4096
+# The 8-bit code a group's uint8 states hold (docs/quantized.md), saved with the
+# group: states saved under another code (the dynamic tree of fusedopt before
+# 2026-11-28, whose groups have no such entry) would decode to wrong values,
+# so they are refused.
+QUANTIZE_CODE = "e4m3-e5m3"
 LOW = (torch.bfloat16, torch.float16)
 GROUP_DEFAULTS = dict(param_precision="nearest", state_dtype=None, stochastic_states=False, seed=None)
 
@@ -53,7 +58,21 @@ def defaults(param_precision="nearest", state_dtype=None, stochastic_states=Fals
                    seed=torch.initial_seed() if seed is None else seed)
     if options["state_dtype"] == "8bit":
         options["quantize_threshold"] = QUANTIZE_THRESHOLD if quantize_threshold is None else quantize_threshold
+        options["quantize_code"] = QUANTIZE_CODE
     return options
+
+
+def check_quantize_code(state_dict):
+    """ValueError for a state dict whose 8-bit states hold another code than this version's."""
+    for index, group in enumerate(state_dict["param_groups"]):
+        if group.get("state_dtype") != "8bit" or group.get("quantize_code") == QUANTIZE_CODE:
+            continue
+        states = state_dict["state"]
+        if any(torch.is_tensor(v) and v.dtype == torch.uint8 for i in group["params"] for v in states.get(i, {}).values()):
+            saved = group.get("quantize_code", "of fusedopt before 2026-11-28")
+            raise ValueError(f"param_groups[{index}] holds 8-bit states in the code {saved!r}, not this version's "
+                             f"{QUANTIZE_CODE!r}: decoded here they would be wrong. Convert them to float32 with "
+                             "fusedopt.dequantized_state_dict in the version that saved them, and load that")
 
 
 def is_default(group):

@@ -115,14 +115,17 @@ class FusedOptimizer(Optimizer):
         super().add_param_group(param_group)
 
     def load_state_dict(self, state_dict):
+        _precision.check_quantize_code(state_dict)
         self.invalidate_plans()
         # A torch.optim state dict has no low-precision options: keep ours.
-        kept = [{k: g[k] for k in _precision.GROUP_DEFAULTS if k in g} for g in self.param_groups]
+        kept = [{k: g[k] for k in (*_precision.GROUP_DEFAULTS, "quantize_threshold") if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for group, options, saved in zip(self.param_groups, kept, state_dict["param_groups"]):
             for key, value in options.items():
                 if key not in saved:
                     group[key] = value
+            if group.get("state_dtype") == "8bit":  # float states loaded are coded in this code at the next step
+                group["quantize_code"] = _precision.QUANTIZE_CODE
         _precision.restore_dtypes(self, state_dict["state"])
 
     def __getstate__(self):

@@ -363,6 +363,41 @@ def test_save_and_load_resume_bitwise():
             assert torch.equal(value, resumed.state[r][key]), key
 
 
+def test_state_dicts_of_another_code_are_refused():
+    """8-bit states saved under another code (the dynamic tree of fusedopt
+    before 2026-11-28 saved no quantize_code) would decode to wrong values: a
+    ValueError, before anything is loaded. Float states (a torch.optim state
+    dict) load, are coded in this code, and save with its name."""
+    base = make_params(SHAPES, torch.float32)
+    opt = _run("AdamW", clone_params(base), steps=2)
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["quantize_code"] == "e4m3-e5m3"
+    for old in (None, "dynamic-tree"):
+        stale = copy.deepcopy(saved)
+        if old is None:
+            del stale["param_groups"][0]["quantize_code"]
+        else:
+            stale["param_groups"][0]["quantize_code"] = old
+        fresh = fusedopt.AdamW(clone_params(base), **OPTIONS["AdamW"], state_dtype="8bit", quantize_threshold=100)
+        with pytest.raises(ValueError, match=r"param_groups\[0\] holds 8-bit states in the code"):
+            fresh.load_state_dict(stale)
+        assert len(fresh.state) == 0 and fresh.param_groups[0]["quantize_threshold"] == 100
+    theirs = clone_params(base)
+    torch_opt = torch.optim.AdamW(theirs, lr=0.01)
+    for p, g in zip(theirs, gradients(theirs, 0)):
+        p.grad = g
+    torch_opt.step()
+    ours = fusedopt.AdamW(clone_params(base), lr=0.01, state_dtype="8bit", quantize_threshold=100)
+    ours.load_state_dict(torch_opt.state_dict())
+    assert ours.param_groups[0]["quantize_threshold"] == 100, "a torch.optim state dict keeps our options"
+    for p, g in zip(ours.param_groups[0]["params"], gradients(theirs, 1)):
+        p.grad = g
+    ours.step()
+    again = fusedopt.AdamW(clone_params(base), lr=0.01, state_dtype="8bit")
+    again.load_state_dict(ours.state_dict())
+    assert again.param_groups[0]["quantize_code"] == "e4m3-e5m3"
+
+
 def test_torch_state_dicts_both_ways():
     """torch.optim -> 8-bit: the float states of a loaded state dict are
     quantized at the next step. 8-bit -> torch.optim: dequantized_state_dict
