@@ -2,9 +2,9 @@
 // kernels: included by kernels_impl.h inside its ISA namespace, so each loop
 // is compiled for that ISA. A code is the top bits of a float16, so the
 // conversion instructions (vcvtps2ph rounds to nearest even, vcvtph2ps is
-// exact) do most of the work: AVX-512 takes 16 lanes, AVX2 8, and the scalar
-// loop (quantize.h itself) the rest; all three give the same codes and values
-// (tests/test_quantized.py, every ISA).
+// exact) do most of the work: AVX-512 takes 16 lanes, AVX2 8 to decode and 16
+// (two conversions) to code, and the scalar loop (quantize.h itself) the rest;
+// all give the same codes and values (tests/test_quantized.py, every ISA).
 
 #ifndef FUSEDOPT_ISA
 #error "quant_codes.h is included by kernels_impl.h"
