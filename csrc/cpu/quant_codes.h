@@ -2,59 +2,34 @@
 // kernels: included by kernels_impl.h inside its ISA namespace, so each loop
 // is compiled for that ISA. A code is the top bits of a float16, so the
 // conversion instructions (vcvtps2ph rounds to nearest even, vcvtph2ps is
-// exact) do most of the work: AVX-512 takes 16 lanes, AVX2 8 to decode and 16
-// (two conversions) to code, and the scalar loop (quantize.h itself) the rest;
-// all give the same codes and values (tests/test_quantized.py, every ISA).
+// exact) do most of the work, on 16 codes at a time in 16-bit lanes (AVX-512
+// converts them with one instruction, AVX2 with two); the scalar loop
+// (quantize.h itself) takes the rest, and all give the same codes and values
+// (tests/test_quantized.py, every ISA).
 
 #ifndef FUSEDOPT_ISA
 #error "quant_codes.h is included by kernels_impl.h"
 #endif
 
-// m codes of one block to values (scale: quantize.h's decode_scale).
-template <bool Signed>
-FUSEDOPT_ALWAYS_INLINE void decode_codes(const uint8_t* codes, float scale, float* dst, int m) {
-  int i = 0;
-#if defined(FUSEDOPT_AVX512)
-  {
-    const __m512 s = _mm512_set1_ps(scale);
-    for (; i + 16 <= m; i += 16) {
-      const __m256i code = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
-      __m512 value;
-      if constexpr (Signed) {
-        const __m256i magnitude = _mm256_slli_epi16(_mm256_and_si256(code, _mm256_set1_epi16(0x7F)), 7);
-        const __m256i sign = _mm256_slli_epi16(_mm256_srli_epi16(code, 7), 15);
-        value = _mm512_cvtph_ps(_mm256_or_si256(magnitude, sign));
-      } else {
-        value = _mm512_cvtph_ps(_mm256_slli_epi16(code, 7));
-      }
-      _mm512_storeu_ps(dst + i, _mm512_mul_ps(value, s));
-    }
-  }
-#endif
 #if defined(FUSEDOPT_AVX2_F16C)
-  const __m256 s = _mm256_set1_ps(scale);
-  for (; i + 8 <= m; i += 8) {
-    const __m128i code = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
-    __m256 value;
-    if constexpr (Signed) {
-      const __m128i magnitude = _mm_slli_epi16(_mm_and_si128(code, _mm_set1_epi16(0x7F)), 7);
-      value = _mm256_cvtph_ps(_mm_or_si128(magnitude, _mm_slli_epi16(_mm_srli_epi16(code, 7), 15)));
-    } else {
-      value = _mm256_cvtph_ps(_mm_slli_epi16(code, 7));
-    }
-    _mm256_storeu_ps(dst + i, _mm256_mul_ps(value, s));
-  }
-#endif
-  for (; i < m; ++i) {
-    dst[i] = Signed ? math::decode_signed(codes[i], scale) : math::decode_unsigned(codes[i], scale);
-  }
+// 16 bytes as 16-bit lanes.
+FUSEDOPT_ALWAYS_INLINE __m256i widen_bytes(const uint8_t* bytes) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
 }
 
-#if defined(FUSEDOPT_AVX2_F16C)
+// The float16 bits of 16 codes (16-bit lanes): quantize.h's decode_signed /
+// decode_unsigned before the scale.
+template <bool Signed>
+FUSEDOPT_ALWAYS_INLINE __m256i float16_of_codes(const uint8_t* codes) {
+  const __m256i code = widen_bytes(codes);
+  if constexpr (!Signed) return _mm256_slli_epi16(code, 7);
+  const __m256i magnitude = _mm256_slli_epi16(_mm256_and_si256(code, _mm256_set1_epi16(0x7F)), 7);
+  return _mm256_or_si256(magnitude, _mm256_slli_epi16(_mm256_srli_epi16(code, 7), 15));
+}
+
 // The low 7 bits of 16 random bytes, as 16-bit lanes.
 FUSEDOPT_ALWAYS_INLINE __m256i random_carries(const uint8_t* random) {
-  const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(random)));
-  return _mm256_and_si256(bytes, _mm256_set1_epi16(0x7F));
+  return _mm256_and_si256(widen_bytes(random), _mm256_set1_epi16(0x7F));
 }
 
 // quantize.h's round_float16_magnitude and sign for 16 float16 lanes; random:
@@ -73,6 +48,31 @@ FUSEDOPT_ALWAYS_INLINE __m256i float16_codes(__m256i h, __m256i random) {
   return _mm256_andnot_si256(_mm256_cmpgt_epi16(magnitude, _mm256_set1_epi16(0x7C00)), k);  // NaN: 0
 }
 #endif
+
+// m codes of one block to values (scale: quantize.h's decode_scale).
+template <bool Signed>
+FUSEDOPT_ALWAYS_INLINE void decode_codes(const uint8_t* codes, float scale, float* dst, int m) {
+  int i = 0;
+#if defined(FUSEDOPT_AVX512)
+  {
+    const __m512 s = _mm512_set1_ps(scale);
+    for (; i + 16 <= m; i += 16) {
+      _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_cvtph_ps(float16_of_codes<Signed>(codes + i)), s));
+    }
+  }
+#endif
+#if defined(FUSEDOPT_AVX2_F16C)
+  const __m256 s = _mm256_set1_ps(scale);
+  for (; i + 16 <= m; i += 16) {
+    const __m256i h = float16_of_codes<Signed>(codes + i);
+    _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), s));
+    _mm256_storeu_ps(dst + i + 8, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), s));
+  }
+#endif
+  for (; i < m; ++i) {
+    dst[i] = Signed ? math::decode_signed(codes[i], scale) : math::decode_unsigned(codes[i], scale);
+  }
+}
 
 // m values of one block to codes (inv: quantize.h's encode_scale; random:
 // for non-negative codes, each value's code_random_byte).
