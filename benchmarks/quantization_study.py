@@ -126,23 +126,26 @@ def blockwise(code):
 
 def v_codes():
     """The candidate codes of v (and, named "m: ...", of m), as kept step by step (adam_states)."""
-    def stochastic(flat, step, tensor):
+    def random(step, tensor, n):  # the random bytes of a tensor's stochastic codes at one step
         key = low_precision.stream_key(0, tensor, step)
-        return ours(flat, False, quantized.random_bytes(low_precision.random_bits, key, torch.arange(flat.numel())))
+        return quantized.random_bytes(low_precision.random_bits, key, torch.arange(n))
+
+    def stochastic(flat, step, tensor):
+        return ours(flat, False, random(step, tensor, flat.numel()))
+
     def sqrt_stochastic(flat, step, tensor):
         # E4M4 of sqrt(v / absmax) * 1.9375, 6 random bits added below the kept ones
         # (fusedopt's code for a day: unbiased sqrt(v), at a square root per element)
-        key = low_precision.stream_key(0, tensor, step)
-        random = quantized.random_bytes(low_precision.random_bits, key, torch.arange(flat.numel()))
-        pad = (-flat.numel()) % BLOCK
-        blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, BLOCK)
-        absmax = blocks.amax(1, keepdim=True)
-        root = torch.where(absmax > 0, (blocks / absmax).sqrt() * 1.9375, torch.zeros_like(blocks))
-        root = torch.where(root > 0, root.clamp_min(2.0 ** -18), root)
-        bits = root.half().view(torch.int16).to(torch.int64)
-        carry = torch.cat([random, random.new_zeros(pad)]).view(-1, BLOCK) & 0x3F
-        back = (((bits + carry) >> 6).clamp(max=0xFF) << 6).to(torch.int16).view(torch.float16).float()
-        return ((back / 1.9375) ** 2 * absmax).reshape(-1)[:flat.numel()]
+        def code(blocks):
+            absmax = blocks.amax(1, keepdim=True)
+            root = torch.where(absmax > 0, (blocks / absmax).sqrt() * 1.9375, torch.zeros_like(blocks))
+            root = torch.where(root > 0, root.clamp_min(2.0 ** -18), root)
+            bits = root.half().view(torch.int16).to(torch.int64)
+            carry = random(step, tensor, blocks.numel()).view_as(blocks) & 0x3F
+            back = (((bits + carry) >> 6).clamp(max=0xFF) << 6).to(torch.int16).view(torch.float16).float()
+            return (back / 1.9375) ** 2 * absmax
+        return blockwise(code)(flat)
+
     return {
         "dynamic tree (bitsandbytes), nearest": blockwise(lambda v: nearest(v, dynamic_tree(False))),
         "E4M4 sqrt(v), nearest": blockwise(lambda v: nearest(v.sqrt(), float_code(4, 4, False)) ** 2),
