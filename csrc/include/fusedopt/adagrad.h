@@ -33,12 +33,13 @@ struct AdagradUpdate {
     return AdagradUpdate(h, adagrad_neg_clr<M>(h, step));
   }
 
-  FUSEDOPT_HD void operator()(M grad, M* s) const {
-    M& param = s[0];
-    M& sum = s[1];
-    grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
+  template <typename V>
+  FUSEDOPT_HD void operator()(V grad, V* s) const {
+    V& param = s[0];
+    V& sum = s[1];
+    grad = effective_grad<Maximize, L2Decay>(grad, param, weight_decay);
     sum = sum + grad * grad;
-    const M std_ = sqrt_(sum) + eps;
+    const V std_ = sqrt_(sum) + eps;
     param = param + neg_clr * (grad / std_);
   }
 };

@@ -71,20 +71,21 @@ struct AdamUpdate {
     return AdamUpdate(h, adam_step_scalars<M>(h, step));
   }
 
-  FUSEDOPT_HD void operator()(M grad, M* s) const {
-    M& param = s[0];
-    M& exp_avg = s[1];
-    M& exp_avg_sq = s[2];
+  template <typename V>
+  FUSEDOPT_HD void operator()(V grad, V* s) const {
+    V& param = s[0];
+    V& exp_avg = s[1];
+    V& exp_avg_sq = s[2];
     if constexpr (D == Decay::kDecoupled) param = param * decay_factor;
-    grad = effective_grad<M, Maximize, D == Decay::kL2>(grad, param, weight_decay);
+    grad = effective_grad<Maximize, D == Decay::kL2>(grad, param, weight_decay);
     exp_avg = lerp(exp_avg, grad, lerp_weight);
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad;
-    M second_moment = exp_avg_sq;
+    V second_moment = exp_avg_sq;
     if constexpr (Amsgrad) {
       s[3] = maximum(s[3], exp_avg_sq);
       second_moment = s[3];
     }
-    const M denom = sqrt_(second_moment) * step.inv_bias_correction2_sqrt + eps;
+    const V denom = sqrt_(second_moment) * step.inv_bias_correction2_sqrt + eps;
     param = param + step.neg_step_size * (exp_avg / denom);
   }
 };

@@ -1,5 +1,9 @@
 // Shared by the CPU kernels and the CUDA kernels: no torch headers, no
 // branches on data, so the CPU loops vectorize.
+//
+// The update functors (adam.h, sgd.h, ...) hold their scalars in the math
+// type M; their operator() takes values of type V, which is M, or on the
+// CPU sixteen lanes of it (cpu/vec16.h) that run the same operations.
 #pragma once
 
 #include <cmath>
@@ -85,8 +89,8 @@ FUSEDOPT_HD M maximum(M a, M b) {
 
 // The gradient as every rule sees it: sign-flipped for `maximize`, plus the
 // coupled (L2) weight decay term, in the order torch.optim applies them.
-template <typename M, bool Maximize, bool L2Decay>
-FUSEDOPT_HD M effective_grad(M grad, M param, M weight_decay) {
+template <bool Maximize, bool L2Decay, typename V, typename M>
+FUSEDOPT_HD V effective_grad(V grad, V param, M weight_decay) {
   if constexpr (Maximize) grad = -grad;
   // torch's grad.add(param, alpha=weight_decay) rounds once (a fused
   // multiply-add on the CPU); rounding the product first differs where the
@@ -97,8 +101,8 @@ FUSEDOPT_HD M effective_grad(M grad, M param, M weight_decay) {
 
 // The gradient of the seed document's layer API: the loss gradient plus the
 // weighted regularization gradient, g = dw + lambdaa * dr.
-template <typename M>
-FUSEDOPT_HD M regularized_grad(M dw, M dr, M lambdaa) {
+template <typename V, typename M>
+FUSEDOPT_HD V regularized_grad(V dw, V dr, M lambdaa) {
   return dw + lambdaa * dr;
 }
 

@@ -38,14 +38,15 @@ struct RmspropUpdate {
         momentum(static_cast<M>(h.momentum)) {}
   static FUSEDOPT_HD RmspropUpdate at_step(const RmspropHyper& h, double) { return RmspropUpdate(h); }
 
-  FUSEDOPT_HD void operator()(M grad, M* s) const {
-    M& param = s[0];
-    M& square_avg = s[1];
-    grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
+  template <typename V>
+  FUSEDOPT_HD void operator()(V grad, V* s) const {
+    V& param = s[0];
+    V& square_avg = s[1];
+    grad = effective_grad<Maximize, L2Decay>(grad, param, weight_decay);
     square_avg = square_avg * alpha + one_minus_alpha * grad * grad;
-    M avg;
+    V avg;
     if constexpr (Centered) {
-      M& grad_avg = s[kGradAvgSlot];
+      V& grad_avg = s[kGradAvgSlot];
       grad_avg = lerp(grad_avg, grad, one_minus_alpha);
       // v - c^2 with c^2 unrounded, as torch's addcmul computes it on the
       // CPU: a c whose square overflows (|g| ~ 1e20 in float32) then leaves
@@ -53,7 +54,7 @@ struct RmspropUpdate {
       // = NaN. The variance is >= 0 in exact arithmetic; rounded, it can dip
       // below zero where it is nil (alpha = 0, constant gradients) and sqrt
       // would give NaN. A NaN from the data itself still comes through.
-      avg = sqrt_(maximum(fma_(-grad_avg, grad_avg, square_avg), M(0)));
+      avg = sqrt_(maximum(fma_(-grad_avg, grad_avg, square_avg), V(0)));
     } else if constexpr (SeedForm) {
       avg = sqrt_(square_avg + eps);
     } else {
@@ -61,11 +62,11 @@ struct RmspropUpdate {
     }
     if constexpr (!SeedForm) avg = avg + eps;
     if constexpr (Momentum && SeedForm) {
-      M& velocity = s[kBufferSlot];
+      V& velocity = s[kBufferSlot];
       velocity = momentum * velocity + neg_lr * (grad / avg);
       param = param + velocity;
     } else if constexpr (Momentum) {
-      M& buf = s[kBufferSlot];
+      V& buf = s[kBufferSlot];
       buf = buf * momentum + grad / avg;
       param = param + neg_lr * buf;
     } else {

@@ -40,11 +40,12 @@ struct SgdUpdate {
         weight_decay(static_cast<M>(h.weight_decay)) {}
   static FUSEDOPT_HD SgdUpdate at_step(const SgdHyper& h, double) { return SgdUpdate(h); }
 
-  FUSEDOPT_HD void operator()(M grad, M* s) const {
-    M& param = s[0];
-    grad = effective_grad<M, Maximize, L2Decay>(grad, param, weight_decay);
+  template <typename V>
+  FUSEDOPT_HD void operator()(V grad, V* s) const {
+    V& param = s[0];
+    grad = effective_grad<Maximize, L2Decay>(grad, param, weight_decay);
     if constexpr (Mom == Momentum::kVelocity || Mom == Momentum::kVelocityNesterov) {
-      M& velocity = s[1];
+      V& velocity = s[1];
       velocity = momentum * velocity + neg_lr * grad;
       if constexpr (Mom == Momentum::kVelocityNesterov) {
         param = param + (momentum * velocity + neg_lr * grad);
@@ -53,7 +54,7 @@ struct SgdUpdate {
       }
       return;
     } else if constexpr (Mom != Momentum::kNone) {
-      M& buf = s[1];
+      V& buf = s[1];
       if constexpr (First) {
         buf = grad;
       } else {

@@ -19,7 +19,8 @@ struct TrafficUpdate {
   using Hyper = TrafficHyper;
   static FUSEDOPT_HD TrafficUpdate at_step(const TrafficHyper&, double) { return {}; }
 
-  FUSEDOPT_HD void operator()(M grad, M* s) const {
+  template <typename V>
+  FUSEDOPT_HD void operator()(V grad, V* s) const {
     for (int k = 0; k < States; ++k) s[k] = s[k] + grad;
   }
 };
