@@ -24,7 +24,7 @@ if LOAD_ERROR is None:
     from . import _ops  # noqa: F401  (fake kernels for torch.compile)
 
 ENV_CPU_ISA = "FUSEDOPT_CPU_ISA"
-CPU_ISAS = ("baseline", "avx2", "avx512")
+CPU_ISAS = ("baseline", "avx2", "avx512", "avx512bf16")
 
 
 def _check_cpu_isa_variable():
@@ -114,8 +114,8 @@ def info():
 
 
 def set_cpu_isa(name):
-    """Runs the CPU kernels built for `name` ("baseline", "avx2", "avx512" or
-    "auto"); for tests and benchmarks. Returns the ISA now in use."""
+    """Runs the CPU kernels built for `name` ("baseline", "avx2", "avx512",
+    "avx512bf16" or "auto"); for tests and benchmarks. Returns the ISA now in use."""
     if LOAD_ERROR is not None:
         raise RuntimeError(f"fusedopt: the native extension did not load ({LOAD_ERROR})")
     return torch.ops.fusedopt.set_cpu_isa(name)

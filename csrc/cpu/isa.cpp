@@ -10,15 +10,17 @@ namespace fusedopt {
 namespace cpu {
 namespace {
 
-enum Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
-constexpr const char* kNames[] = {"baseline", "avx2", "avx512"};
+// avx512bf16: the avx512 kernels, converting to bfloat16 with AVX512_BF16's
+// instruction (Zen 4, Sapphire Rapids and later) where they write bfloat16.
+enum Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+constexpr const char* kNames[] = {"baseline", "avx2", "avx512", "avx512bf16"};
 
 Isa best_supported() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? kAvx512Bf16 : kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
@@ -30,6 +32,7 @@ Isa best_supported() {
 
 const KernelTable& table_for(Isa isa) {
 #if defined(__x86_64__)
+  if (isa == kAvx512Bf16) return kernels_avx512bf16();
   if (isa == kAvx512) return kernels_avx512();
   if (isa == kAvx2) return kernels_avx2();
 #endif
@@ -39,7 +42,7 @@ const KernelTable& table_for(Isa isa) {
 int parse(const char* name) {
   if (name == nullptr) return -1;
   if (std::strcmp(name, "auto") == 0 || name[0] == '\0') return best_supported();
-  for (int i = 0; i <= kAvx512; ++i) {
+  for (int i = 0; i <= kAvx512Bf16; ++i) {
     if (std::strcmp(name, kNames[i]) == 0) return i;
   }
   return -1;
@@ -71,7 +74,8 @@ bool set_kernel_isa(const char* name) {
 }
 
 const char* supported_isas() {
-  static const char* names[] = {"baseline", "avx2,baseline", "avx512,avx2,baseline"};
+  static const char* names[] = {"baseline", "avx2,baseline", "avx512,avx2,baseline",
+                                "avx512bf16,avx512,avx2,baseline"};
   return names[best_supported()];
 }
 

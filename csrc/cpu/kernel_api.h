@@ -84,6 +84,8 @@ struct TensorLists {
   const float* device_lr = nullptr;
   const float* found_inf = nullptr;
   Storage storage;
+  // CPU: the kernels may use AVX512_BF16's conversion (KernelTable::bf16_instructions).
+  bool bf16_instructions = false;
 };
 
 struct AdamArgs {
@@ -118,6 +120,7 @@ struct TrafficArgs {
 
 struct KernelTable {
   const char* isa;
+  bool bf16_instructions;  // avx512bf16: the avx512 kernels, told to use AVX512_BF16
   void (*adam)(const TensorLists&, const AdamArgs&, int64_t slot_begin, int64_t slot_end);
   void (*sgd)(const TensorLists&, const SgdArgs&, int64_t slot_begin, int64_t slot_end);
   void (*adagrad)(const TensorLists&, const AdagradArgs&, int64_t slot_begin, int64_t slot_end);
@@ -129,11 +132,12 @@ struct KernelTable {
 const KernelTable& kernels_baseline();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512bf16();
 
 // The table in use: the best the CPU supports, or the one named by
 // set_kernel_isa / the FUSEDOPT_CPU_ISA environment variable.
 const KernelTable& active_kernels();
-// Names the ISA to use ("baseline", "avx2", "avx512", or "auto"); returns
+// Names the ISA to use ("baseline", "avx2", "avx512", "avx512bf16" or "auto"); returns
 // false if the name is unknown or this CPU cannot run it.
 bool set_kernel_isa(const char* name);
 // The ISAs this CPU can run, best first, comma separated.

@@ -15,6 +15,7 @@
 #include "kernel_api.h"
 #include "partition.h"
 #include "update_variants.h"
+#include "vec16.h"  // before the pragma: see there
 
 #pragma GCC push_options
 // GCC 12 takes the undefined register that its AVX-512 intrinsics start from
@@ -35,6 +36,16 @@ namespace fusedopt {
 namespace cpu {
 // Call only where the CPU runs avx512 code: the table is built on first use.
 const KernelTable& kernels_avx512() { return avx512::table(); }
+// And this one only where it also has AVX512_BF16.
+const KernelTable& kernels_avx512bf16() {
+  static const KernelTable t = [] {
+    KernelTable bf16 = avx512::table();
+    bf16.isa = "avx512bf16";
+    bf16.bf16_instructions = true;
+    return bf16;
+  }();
+  return t;
+}
 }  // namespace cpu
 }  // namespace fusedopt
 #endif  // __x86_64__

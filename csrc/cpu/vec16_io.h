@@ -1,0 +1,122 @@
+// Loads and stores of Vec16 lanes (vec16.h) for the avx512bf16 kernels'
+// loops in kernels_impl.h, the rounding to bfloat16 done by AVX512_BF16's
+// VCVTNEPS2BF16; included there inside its ISA namespace, after the
+// gradient kinds and RandomRun.
+
+// Functions that use AVX512_BF16 (kernels_avx512.cpp's target plus it);
+// called only through the avx512bf16 table (TensorLists::bf16_instructions).
+#define FUSEDOPT_BF16_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,avx512bf16")))
+
+FUSEDOPT_ALWAYS_INLINE Vec16 widen16(__m256i bfloat16_bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bfloat16_bits), 16));
+}
+FUSEDOPT_ALWAYS_INLINE Vec16 load16(const float* p) { return _mm512_loadu_ps(p); }
+FUSEDOPT_ALWAYS_INLINE Vec16 load16(const BFloat16* p) {
+  return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The loops take 32 elements at a time, as two Vec16 (lo: i .. i + 15, hi:
+// i + 16 .. i + 31), so that one VCVTNE2PS2BF16 rounds both into one 64-byte
+// store.
+FUSEDOPT_ALWAYS_INLINE void store32(float* p, Vec16 lo, Vec16 hi) {
+  _mm512_storeu_ps(p, lo.v);
+  _mm512_storeu_ps(p + 16, hi.v);
+}
+
+// Lanes that VCVTNE2PS2BF16 rounds otherwise than math::bf16_nearest: it
+// takes subnormal inputs for zero, and NaNs keep their payload where
+// bf16_nearest gives c10's quiet NaN. Rare, so such vectors go lane by lane.
+constexpr int kNanOrSubnormal = 0x01 | 0x20 | 0x80;  // VFPCLASSPS: QNaN, denormal, SNaN
+
+FUSEDOPT_ALWAYS_INLINE bool any_lane(Vec16 lo, Vec16 hi, int classes) {
+  return __builtin_expect((_mm512_fpclass_ps_mask(lo.v, classes) | _mm512_fpclass_ps_mask(hi.v, classes)) != 0, 0);
+}
+
+__attribute__((noinline, cold)) void store32_lanes(BFloat16* p, Vec16 lo, Vec16 hi) {
+  alignas(64) float lanes[32];
+  store32(lanes, lo, hi);
+  for (int i = 0; i < 32; ++i) p[i] = from_math<BFloat16>(lanes[i]);
+}
+
+FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE __m512i bf16_nearest32(Vec16 lo, Vec16 hi) {
+  return (__m512i)_mm512_cvtne2ps_pbh(hi.v, lo.v);
+}
+
+FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE void store32(BFloat16* p, Vec16 lo, Vec16 hi) {
+  if (any_lane(lo, hi, kNanOrSubnormal)) return store32_lanes(p, lo, hi);
+  _mm512_storeu_si512(p, bf16_nearest32(lo, hi));
+}
+
+// The gradient kinds of kernels_impl.h, 32 elements from i.
+template <typename T>
+FUSEDOPT_ALWAYS_INLINE void grad32(const PlainGrad<T>& g, int64_t i, Vec16& lo, Vec16& hi) {
+  lo = load16(g.grad + i);
+  hi = load16(g.grad + i + 16);
+}
+template <typename T>
+FUSEDOPT_ALWAYS_INLINE void grad32(const RegularizedGrad<T>& g, int64_t i, Vec16& lo, Vec16& hi) {
+  lo = math::regularized_grad(load16(g.dw + i), load16(g.dr + i), g.lambdaa);
+  hi = math::regularized_grad(load16(g.dw + i + 16), load16(g.dr + i + 16), g.lambdaa);
+}
+template <typename T>
+FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE void grad32(const ScaledGrad<T>& g, int64_t i, Vec16& lo, Vec16& hi) {
+  lo = load16(g.grad + i) / g.scale;
+  hi = load16(g.grad + i + 16) / g.scale;
+  store32(g.grad + i, lo, hi);
+}
+
+// math::mix32 and RandomRun on 16 lanes: the random bits of counters
+// first + i ... first + i + 15 (uint32 arithmetic wraps as the scalar's).
+FUSEDOPT_ALWAYS_INLINE __m512i mix32_16(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x846ca68bu)));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+FUSEDOPT_ALWAYS_INLINE __m512i random16(const RandomRun& run, uint32_t i) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i counter = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(run.low + i)), lane);
+  const __m512i first = mix32_16(_mm512_xor_si512(counter, _mm512_set1_epi32(static_cast<int>(run.key_low))));
+  return mix32_16(_mm512_xor_si512(first, _mm512_set1_epi32(static_cast<int>(run.second))));
+}
+
+// math::bf16_stochastic on 32 lanes: the random bits added below the kept
+// ones, then the high halves of both vectors picked into one.
+FUSEDOPT_ALWAYS_INLINE void store32_stochastic(BFloat16* p, Vec16 lo, Vec16 hi, const RandomRun& run, uint32_t i) {
+  alignas(64) static constexpr uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
+                                                           23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+                                                           45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i low16 = _mm512_set1_epi32(0xFFFF);
+  const __m512i a = _mm512_add_epi32(_mm512_castps_si512(lo.v), _mm512_and_si512(random16(run, i), low16));
+  const __m512i b = _mm512_add_epi32(_mm512_castps_si512(hi.v), _mm512_and_si512(random16(run, i + 16), low16));
+  const __m512i rounded = _mm512_permutex2var_epi16(a, _mm512_load_si512(kHighHalves), b);
+  const __mmask32 nan = _mm512_kunpackw(_mm512_cmp_ps_mask(hi.v, hi.v, _CMP_UNORD_Q),
+                                        _mm512_cmp_ps_mask(lo.v, lo.v, _CMP_UNORD_Q));
+  _mm512_storeu_si512(p, _mm512_mask_mov_epi16(rounded, nan, _mm512_set1_epi16(0x7FC0)));
+}
+
+// math::split_compensated<false> on 32 lanes: the param rounded to nearest
+// and what that dropped, rounded to nearest as the residual. Infinite and
+// NaN values (whose residual is 0) and subnormal ones go lane by lane.
+__attribute__((noinline, cold)) void store32_compensated_lanes(BFloat16* param, BFloat16* residual, Vec16 lo,
+                                                               Vec16 hi) {
+  alignas(64) float lanes[32];
+  store32(lanes, lo, hi);
+  for (int i = 0; i < 32; ++i) math::split_compensated<false>(lanes[i], param[i].bits, residual[i].bits);
+}
+
+FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE void store32_compensated(BFloat16* param, BFloat16* residual, Vec16 lo,
+                                                                     Vec16 hi) {
+  constexpr int kSpecial = kNanOrSubnormal | 0x08 | 0x10;  // and +-Inf
+  const __m512i kept = bf16_nearest32(lo, hi);
+  const Vec16 dropped_lo = lo - widen16(_mm512_castsi512_si256(kept));
+  const Vec16 dropped_hi = hi - widen16(_mm512_extracti64x4_epi64(kept, 1));
+  if (any_lane(lo, hi, kSpecial) || any_lane(dropped_lo, dropped_hi, 0x20)) {
+    return store32_compensated_lanes(param, residual, lo, hi);
+  }
+  _mm512_storeu_si512(param, kept);
+  _mm512_storeu_si512(residual, bf16_nearest32(dropped_lo, dropped_hi));
+}
