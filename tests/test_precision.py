@@ -271,6 +271,45 @@ def test_float32_params_with_bfloat16_states_are_the_same_for_any_isa_and_thread
     _same_for_any_thread_count_and_isa(opts=dict(state_dtype=torch.bfloat16), grad_scale=4.0, dtype=torch.float32)
 
 
+def _with_specials(n, dtype, seed):
+    """n values from bfloat16's subnormals (below 1.2e-38) to 100, with NaN, +-Inf
+    and +-0 scattered among them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * torch.logspace(-40, 2, n)[torch.randperm(n, generator=g)]
+    at = torch.randperm(n, generator=g)[:12]
+    x[at] = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-39] * 2)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("algorithm", ["SGD", "AdamW", "Adagrad"])
+@pytest.mark.parametrize("opts,dtype", [(dict(), torch.bfloat16), (dict(param_precision="stochastic"), torch.bfloat16),
+                                        (dict(param_precision="compensated"), torch.bfloat16),
+                                        (dict(state_dtype=torch.bfloat16), torch.float32)],
+                         ids=["nearest", "stochastic", "compensated", "float32+bfloat16-states"])
+def test_nan_inf_and_subnormals_round_alike_on_every_isa(algorithm, opts, dtype):
+    """Values that AVX512_BF16's conversion rounds otherwise than round-to-nearest
+    (subnormals, which it flushes; NaNs, whose payload it keeps) take the scalar
+    rounding on the avx512bf16 kernels: every ISA gives the same bits, NaNs as
+    c10's quiet NaN. 1001 elements: the 32-element loop and its tail."""
+    extra = dict(momentum=0.9) if algorithm == "SGD" else {}
+    runs = {}
+    for isa in native_cpu_isas():
+        fusedopt.set_cpu_isa(isa)
+        try:
+            p = torch.nn.Parameter(_with_specials(1001, dtype, 0))
+            opt = getattr(fusedopt, algorithm)([p], lr=1e-3, seed=3, **extra, **opts)
+            for step in range(3):
+                p.grad = _with_specials(1001, dtype, step + 1)
+                opt.step()
+            runs[isa] = _bits([p], opt)
+        finally:
+            fusedopt.set_cpu_isa("auto")
+    first = runs["baseline"]
+    assert any(t.dtype == torch.int16 and (t == 0x7FC0).any() for t in first)  # NaNs reached the 16-bit tensors
+    for isa, bits in runs.items():
+        assert all(torch.equal(a, b) for a, b in zip(first, bits)), isa
+
+
 def test_a_sharded_tensor_rounds_as_the_whole_one():
     """One tensor stepped whole and as two row blocks (as DTensor shards are)
     with index maps to the whole: the same bits."""
