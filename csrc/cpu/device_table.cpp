@@ -56,9 +56,7 @@ using KernelFn = void (*)(const TensorLists&, const Args&, int64_t, int64_t);
 
 template <class Args, KernelFn<Args> KernelTable::*Fn>
 void run(TensorLists& l, const Args& args) {
-  const KernelTable& table = active_kernels();
-  const KernelFn<Args> kernel = table.*Fn;
-  l.bf16_instructions = table.bf16_instructions;
+  const KernelFn<Args> kernel = active_kernels().*Fn;
   const int64_t total = l.offset[l.count];
   if (total == 0) return;
   const int64_t bytes = total * bytes_per_element(l);

@@ -10,8 +10,8 @@ namespace fusedopt {
 namespace cpu {
 namespace {
 
-// avx512bf16: the avx512 kernels, converting to bfloat16 with AVX512_BF16's
-// instruction (Zen 4, Sapphire Rapids and later) where they write bfloat16.
+// avx512bf16: the avx512 kernels built again with AVX512_BF16 (Zen 4,
+// Sapphire Rapids and later), whose instruction rounds their bfloat16 stores.
 enum Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 constexpr const char* kNames[] = {"baseline", "avx2", "avx512", "avx512bf16"};
 

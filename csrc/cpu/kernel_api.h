@@ -84,8 +84,6 @@ struct TensorLists {
   const float* device_lr = nullptr;
   const float* found_inf = nullptr;
   Storage storage;
-  // CPU: the kernels may use AVX512_BF16's conversion (KernelTable::bf16_instructions).
-  bool bf16_instructions = false;
 };
 
 struct AdamArgs {
@@ -120,7 +118,6 @@ struct TrafficArgs {
 
 struct KernelTable {
   const char* isa;
-  bool bf16_instructions;  // avx512bf16: the avx512 kernels, told to use AVX512_BF16
   void (*adam)(const TensorLists&, const AdamArgs&, int64_t slot_begin, int64_t slot_end);
   void (*sgd)(const TensorLists&, const SgdArgs&, int64_t slot_begin, int64_t slot_end);
   void (*adagrad)(const TensorLists&, const AdagradArgs&, int64_t slot_begin, int64_t slot_end);

@@ -1,6 +1,8 @@
-// The CPU kernels built for the avx512 instruction set (see kernels_impl.h).
-// Every header is included before the target pragma, so only code defined in
-// kernels_impl.h is compiled for this ISA.
+// The CPU kernels built for the avx512 instruction set (see kernels_impl.h),
+// and, included by kernels_avx512bf16.cpp with FUSEDOPT_AVX512_BF16 set, for
+// avx512 plus AVX512_BF16, whose bfloat16 stores round with VCVTNE2PS2BF16
+// (vec16_io.h). Every header is included before the target pragma, so only
+// code defined in kernels_impl.h is compiled for this ISA.
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -15,6 +17,14 @@
 #include "kernel_api.h"
 #include "partition.h"
 #include "update_variants.h"
+
+#if defined(FUSEDOPT_AVX512_BF16)
+#define FUSEDOPT_ISA avx512bf16
+#define FUSEDOPT_ISA_NAME "avx512bf16"
+#else
+#define FUSEDOPT_ISA avx512
+#define FUSEDOPT_ISA_NAME "avx512"
+#endif
 #include "vec16.h"  // before the pragma: see there
 
 #pragma GCC push_options
@@ -22,11 +32,12 @@
 // for an uninitialized read (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#if defined(FUSEDOPT_AVX512_BF16)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,avx512bf16")
+#else
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#define FUSEDOPT_ISA avx512
-#define FUSEDOPT_ISA_NAME "avx512"
-#define FUSEDOPT_DIRECT_BF16 1
-#define FUSEDOPT_AVX512 1  // 16-lane loops with mask registers where written (quant_codes.h)
+#endif
+#define FUSEDOPT_AVX512 1  // 16-lane loops with mask registers where written (quant_codes.h, vec16_io.h)
 #define FUSEDOPT_AVX2_F16C 1  // float16 via vcvtph2ps/vcvtps2ph, bfloat16 rounded with AVX2 intrinsics
 #include "kernels_impl.h"
 #pragma GCC diagnostic pop
@@ -34,18 +45,12 @@
 
 namespace fusedopt {
 namespace cpu {
-// Call only where the CPU runs avx512 code: the table is built on first use.
+// Call only where the CPU runs this ISA's code: the table is built on first use.
+#if defined(FUSEDOPT_AVX512_BF16)
+const KernelTable& kernels_avx512bf16() { return avx512bf16::table(); }
+#else
 const KernelTable& kernels_avx512() { return avx512::table(); }
-// And this one only where it also has AVX512_BF16.
-const KernelTable& kernels_avx512bf16() {
-  static const KernelTable t = [] {
-    KernelTable bf16 = avx512::table();
-    bf16.isa = "avx512bf16";
-    bf16.bf16_instructions = true;
-    return bf16;
-  }();
-  return t;
-}
+#endif
 }  // namespace cpu
 }  // namespace fusedopt
 #endif  // __x86_64__

@@ -38,14 +38,18 @@ template <typename T> struct MathType { using type = float; };
 template <> struct MathType<double> { using type = double; };
 
 #define FUSEDOPT_ALWAYS_INLINE inline __attribute__((always_inline))
-// Plain bfloat16 pieces, and float32 params with bfloat16 states rounded to
-// nearest, converted in registers inside the update loop (kernels_<isa>.cpp
-// sets it where that is faster): with AVX-512's 32 vector registers it is
-// (16M-element AdamW, 1 thread: bfloat16 17.4 -> 13.4 ms, torch fused 17.8;
-// float32 params with bfloat16 states 28 -> 9 ms, float32 states 10), with
-// AVX2's 16 it is not (the blocked path below).
-#ifndef FUSEDOPT_DIRECT_BF16
-#define FUSEDOPT_DIRECT_BF16 0
+// Plain bfloat16 pieces, float32 params with bfloat16 states rounded to
+// nearest, and bfloat16 params rounded stochastically or compensated are
+// converted in registers inside the update loop on the AVX-512 kernels
+// (update_run_vec, vec16.h), where 32 vector registers hold the streams
+// (16M-element AdamW, 1 thread, GCC's vectorized loop of 2026-11-27:
+// bfloat16 17.4 -> 13.4 ms, torch fused 17.8; float32 params with bfloat16
+// states 28 -> 9 ms, float32 states 10); with AVX2's 16 that is slower than
+// the blocked path below.
+#if defined(FUSEDOPT_AVX512)
+constexpr bool kBf16InRegisters = true;
+#else
+constexpr bool kBf16InRegisters = false;
 #endif
 
 FUSEDOPT_ALWAYS_INLINE float to_math(float x) { return x; }
@@ -210,18 +214,36 @@ FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, uint
   for (int i = 0; i < n; ++i) out[i] = run(static_cast<uint32_t>(i));
 }
 
-// math::code_random_byte for the n consecutive counters first, first + 1, ...
-// (n <= kBlock): the words of counters first / 4 ... read as bytes.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "random bytes are read from the words' memory");
-FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, uint8_t* out) {
-  alignas(64) uint32_t words[kBlock / 4 + 2];
-  const uint64_t first_word = first / 4;
-  random_run(key, first_word, static_cast<int>((first + static_cast<uint64_t>(n) + 3) / 4 - first_word), words);
-  std::memcpy(out, reinterpret_cast<const uint8_t*>(words) + first % 4, static_cast<size_t>(n));
+// The random bits of counters first, first + 1, ... in parts of a 32-bit
+// word (n <= kBlock): uint8_t, math::code_random_byte, and uint16_t,
+// math::bf16_random_bits: the words of counters first / parts ... read as
+// parts.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "random parts are read from the words' memory");
+template <typename Part, typename = std::enable_if_t<sizeof(Part) < 4>>
+FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, Part* out) {
+  constexpr uint64_t kParts = 4 / sizeof(Part);
+  alignas(64) uint32_t words[kBlock / kParts + 2];
+  const uint64_t first_word = first / kParts;
+  random_run(key, first_word,
+             static_cast<int>((first + static_cast<uint64_t>(n) + kParts - 1) / kParts - first_word), words);
+  std::memcpy(out, reinterpret_cast<const Part*>(words) + first % kParts, sizeof(Part) * static_cast<size_t>(n));
 }
 
-// Stochastic rounding's random bits (uint32_t: random_bits, uint8_t:
-// code_random_byte) for elements [begin, begin + n) of tensor t in stream
+// math::bf16_random_bits(key, first + i) for a run of counters, from the
+// RandomRun of their words.
+struct Bf16RandomRun {
+  RandomRun words;
+  uint32_t odd;  // first is odd: element i is half of word (i + 1) / 2
+  Bf16RandomRun(uint64_t key, uint64_t first) : words(key, first / 2), odd(static_cast<uint32_t>(first % 2)) {}
+  static bool fits(uint64_t first, int64_t n) { return RandomRun::fits(first / 2, n / 2 + 1); }
+  FUSEDOPT_ALWAYS_INLINE uint32_t operator()(uint32_t i) const {
+    const uint32_t e = odd + i;
+    return (words(e >> 1) >> (16u * (e & 1u))) & 0xFFFFu;
+  }
+};
+
+// Stochastic rounding's random bits (uint32_t: random_bits, uint16_t:
+// bf16_random_bits, uint8_t: code_random_byte) for elements [begin, begin + n) of tensor t in stream
 // `key`, drawn by each element's index in the whole tensor: runs of
 // consecutive indices, cut where a shard's row ends.
 template <typename Random>
@@ -247,18 +269,18 @@ FUSEDOPT_ALWAYS_INLINE uint64_t slot_key(const TensorLists& l, int64_t t, int k)
   return l.storage.keys[t] ^ (0x9e3779b97f4a7c15ull * static_cast<uint64_t>(k));
 }
 
-FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, BFloat16* dst, const uint32_t* random, int n) {
+FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, BFloat16* dst, const uint16_t* random, int n) {
   int i = 0;
 #if defined(FUSEDOPT_AVX2_F16C)
   // math::bf16_stochastic 8 lanes at a time, packed as narrow() packs.
-  const __m256i low16 = _mm256_set1_epi32(0xFFFF), nan = _mm256_set1_epi32(0x7FC0);
+  const __m256i nan = _mm256_set1_epi32(0x7FC0);
   const auto round = [&](__m256 x, __m256i r) {
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x), _mm256_and_si256(r, low16)), 16);
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x), r), 16);
     return _mm256_blendv_epi8(nan, rounded, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
   };
   for (; i + 16 <= n; i += 16) {
-    const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(random + i));
-    const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(random + i + 8));
+    const __m256i r0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(random + i)));
+    const __m256i r1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(random + i + 8)));
     const __m256i packed = _mm256_packus_epi32(round(_mm256_loadu_ps(src + i), r0), round(_mm256_loadu_ps(src + i + 8), r1));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permute4x64_epi64(packed, 0xD8));
   }
@@ -268,7 +290,8 @@ FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, BFloat16* dst, c
 FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, Half* dst, const uint32_t* random, int n) {
   for (int i = 0; i < n; ++i) dst[i] = Half{math::fp16_stochastic(src[i], random[i])};
 }
-FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, float* dst, const uint32_t*, int n) {
+template <typename Random>
+FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, float* dst, const Random*, int n) {
   std::memcpy(dst, src, sizeof(float) * n);
 }
 
@@ -330,11 +353,14 @@ FUSEDOPT_ALWAYS_INLINE void narrow_state(const TensorLists& l, int64_t t, int k,
     quantize(l, t, k, src, base, at, n);
   } else if (d == Dtype::kFloat32) {
     std::memcpy(static_cast<float*>(base) + at, src, sizeof(float) * n);
+  } else if (l.storage.state_stochastic && d == Dtype::kBFloat16) {
+    alignas(64) uint16_t random[kBlock];
+    random_block(l, t, at, n, slot_key(l, t, k), random);
+    narrow_stochastic(src, static_cast<BFloat16*>(base) + at, random, n);
   } else if (l.storage.state_stochastic) {
     alignas(64) uint32_t random[kBlock];
     random_block(l, t, at, n, slot_key(l, t, k), random);
-    if (d == Dtype::kBFloat16) narrow_stochastic(src, static_cast<BFloat16*>(base) + at, random, n);
-    else narrow_stochastic(src, static_cast<Half*>(base) + at, random, n);
+    narrow_stochastic(src, static_cast<Half*>(base) + at, random, n);
   } else if (d == Dtype::kBFloat16) {
     narrow(src, static_cast<BFloat16*>(base) + at, n);
   } else {
@@ -418,7 +444,7 @@ __attribute__((noinline)) void store_block(const TensorLists& l, int64_t t, int6
       }
     }
   } else if (st.param_stochastic && !std::is_same_v<T, float>) {
-    alignas(64) uint32_t random[kBlock];
+    alignas(64) std::conditional_t<std::is_same_v<T, BFloat16>, uint16_t, uint32_t> random[kBlock];
     random_block(l, t, at, n, slot_key(l, t, 0), random);
     narrow_stochastic(s[0], param, random, n);
   } else {
@@ -464,10 +490,10 @@ void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int6
 // bfloat16 params rounded stochastically or compensated, with bfloat16
 // states rounded to nearest, converted in registers like the plain bfloat16
 // pieces (AVX-512's 32 vector registers hold the extra streams) instead of
-// through the blocked path's buffers. Stochastic (Mode = RandomRun): element
+// through the blocked path's buffers. Stochastic (Mode = Bf16RandomRun): element
 // i's random bits are those of counter begin + i, computed in the loop;
 // compensated: math::split_compensated. The blocked path's bits, element for
-// element. Used where FUSEDOPT_DIRECT_BF16 is set.
+// element. Used where kBf16InRegisters.
 struct CompensatedParam {};
 
 template <class Mode, class Update, class Grad, typename... Ptr>
@@ -495,10 +521,9 @@ void update_run_param(const Update& update, const Grad grad, int64_t begin, int6
 #include "vec16_io.h"
 
 // update_run and update_run_param 32 elements at a time on Vec16 lanes (the
-// tail on floats), for the avx512bf16 kernels: the same bits, with the
-// bfloat16 stores rounded by AVX512_BF16.
+// tail on floats), for the AVX-512 kernels: the same bits.
 template <typename T, class Update, class Grad, typename... Ptr>
-FUSEDOPT_BF16_TARGET void update_run_vec(const Update& update, const Grad grad, int64_t n, Ptr __restrict... state) {
+void update_run_vec(const Update& update, const Grad grad, int64_t n, Ptr __restrict... state) {
   const Update u = update;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -515,9 +540,8 @@ FUSEDOPT_BF16_TARGET void update_run_vec(const Update& update, const Grad grad, 
 }
 
 template <class Mode, class Update, class Grad, typename... Ptr>
-FUSEDOPT_BF16_TARGET void update_run_param_vec(const Update& update, const Grad grad, int64_t n, const Mode mode,
-                                               BFloat16* __restrict param, BFloat16* __restrict residual,
-                                               Ptr __restrict... state) {
+void update_run_param_vec(const Update& update, const Grad grad, int64_t n, const Mode mode,
+                          BFloat16* __restrict param, BFloat16* __restrict residual, Ptr __restrict... state) {
   constexpr bool kCompensated = std::is_same_v<Mode, CompensatedParam>;
   const Update u = update;
   int64_t i = 0;
@@ -552,7 +576,7 @@ void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begi
   with_grad<T>(l, t, begin, [&](auto g) {
 #if defined(FUSEDOPT_AVX512)
     if constexpr (std::is_same_v<S, BFloat16>) {
-      if (l.bf16_instructions) return update_run_vec<T>(u, g, end - begin, slot<T, S, K>(l, t, begin)...);
+      return update_run_vec<T>(u, g, end - begin, slot<T, S, K>(l, t, begin)...);
     }
 #endif
     update_run<T>(u, g, 0, end - begin, slot<T, S, K>(l, t, begin)...);
@@ -564,9 +588,9 @@ inline bool direct_param_mode(const TensorLists& l, int64_t begin, int64_t end) 
   const Storage& st = l.storage;
   if (st.state_dtype != Dtype::kBFloat16 || st.state_stochastic || l.reg_grads != nullptr) return false;
   if (st.param == ParamStorage::kCompensated) return true;
-  // Stochastic without an index map, over counters of one RandomRun.
+  // Stochastic without an index map, over counters of one Bf16RandomRun.
   return st.param == ParamStorage::kPlain && st.param_stochastic && st.index == nullptr &&
-         RandomRun::fits(static_cast<uint64_t>(begin), end - begin);
+         Bf16RandomRun::fits(static_cast<uint64_t>(begin), end - begin);
 }
 
 template <class Update, std::size_t... K>
@@ -577,7 +601,7 @@ void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_
   const BFloat16* grad = static_cast<const BFloat16*>(l.grads[t]) + begin;
   const auto run_mode = [&](auto g, auto mode, BFloat16* residual) {
 #if defined(FUSEDOPT_AVX512)
-    if (l.bf16_instructions) {
+    if (begin % 2 == 0) {  // (always: slots start at multiples of TensorLists::align)
       return update_run_param_vec(u, g, end - begin, mode, param, residual,
                                   (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
     }
@@ -588,7 +612,7 @@ void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_
     if (st.param == ParamStorage::kCompensated) {
       run_mode(g, CompensatedParam{}, static_cast<BFloat16*>(st.companions[t]) + begin);
     } else {
-      run_mode(g, RandomRun(slot_key(l, t, 0), static_cast<uint64_t>(begin)), nullptr);
+      run_mode(g, Bf16RandomRun(slot_key(l, t, 0), static_cast<uint64_t>(begin)), nullptr);
     }
   };
   if (l.grad_scale != nullptr) {
@@ -601,7 +625,7 @@ void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_
 // One dense piece [begin, end) of tensor t.
 template <typename T, class Update>
 void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end) {
-  if constexpr (std::is_same_v<T, BFloat16> && FUSEDOPT_DIRECT_BF16) {
+  if constexpr (std::is_same_v<T, BFloat16> && kBf16InRegisters) {
     if (l.storage.plain(Dtype::kBFloat16)) {
       update_piece<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
     } else if (direct_param_mode(l, begin, end)) {
@@ -612,7 +636,7 @@ void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begi
   } else if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
     update_piece_blocked<T>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
   } else if constexpr (std::is_same_v<T, float>) {
-    if (FUSEDOPT_DIRECT_BF16 && l.storage.state_dtype == Dtype::kBFloat16 && !l.storage.state_stochastic) {
+    if (kBf16InRegisters && l.storage.state_dtype == Dtype::kBFloat16 && !l.storage.state_stochastic) {
       update_piece<T, BFloat16>(u, l, t, begin, end, std::make_index_sequence<Update::kStates>{});
     } else if (l.storage.state_dtype != Dtype::kFloat32) {
       update_piece_states_blocked(u, l, t, begin, end, std::make_index_sequence<Update::kStates - 1>{});
@@ -713,7 +737,7 @@ void traffic(const TensorLists& l, const TrafficArgs& a, int64_t slot_begin, int
 }  // namespace
 
 const KernelTable& table() {
-  static const KernelTable t{FUSEDOPT_ISA_NAME, false, &adam, &sgd, &adagrad, &rmsprop, &traffic};
+  static const KernelTable t{FUSEDOPT_ISA_NAME, &adam, &sgd, &adagrad, &rmsprop, &traffic};
   return t;
 }
 

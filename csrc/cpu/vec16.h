@@ -9,24 +9,28 @@
 // operations (add, shift, a NaN compare and blend) was most of the
 // instructions of a vectorized bfloat16 SGD or Adagrad step, and Zen 4 runs
 // each 512-bit operation as two halves, so those steps were bound by compute,
-// not memory. AVX512_BF16's VCVTNEPS2BF16 rounds 16 lanes in one
-// instruction; the vectorizer cannot emit it.
+// not memory. AVX512_BF16's VCVTNE2PS2BF16 rounds 32 lanes in one
+// instruction, which the vectorizer cannot emit; and stochastic rounding's
+// hash serves two bfloat16 elements, which it cannot arrange either.
 //
 // Included by kernels_avx512.cpp before its target pragma, on purpose: the
 // functors come from the shared headers, compiled for the baseline ISA, and
 // GCC will not inline an AVX-512 function into them. GCC's generic vector
 // operations and the x86 builtins carry no target, so these take the ISA of
 // the AVX-512 loop they end up inlined into.
-#pragma once
 
 #include <immintrin.h>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // never passed by value out of line: all inlined
 
+#ifndef FUSEDOPT_ISA
+#error "vec16.h is included by kernels_avx512.cpp with FUSEDOPT_ISA set"
+#endif
+
 namespace fusedopt {
 namespace cpu {
-namespace avx512 {
+namespace FUSEDOPT_ISA {
 namespace {
 
 #define FUSEDOPT_LANES inline __attribute__((always_inline))
@@ -73,7 +77,7 @@ FUSEDOPT_LANES Vec16 lerp(Vec16 self, Vec16 end, float weight) {
 #undef FUSEDOPT_LANES
 
 }  // namespace
-}  // namespace avx512
+}  // namespace FUSEDOPT_ISA
 }  // namespace cpu
 }  // namespace fusedopt
 

@@ -1,12 +1,6 @@
-// Loads and stores of Vec16 lanes (vec16.h) for the avx512bf16 kernels'
-// loops in kernels_impl.h, the rounding to bfloat16 done by AVX512_BF16's
-// VCVTNEPS2BF16; included there inside its ISA namespace, after the
-// gradient kinds and RandomRun.
-
-// Functions that use AVX512_BF16 (kernels_avx512.cpp's target plus it);
-// called only through the avx512bf16 table (TensorLists::bf16_instructions).
-#define FUSEDOPT_BF16_TARGET \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,avx512bf16")))
+// Loads and stores of Vec16 lanes (vec16.h) for the AVX-512 kernels' bfloat16
+// loops in kernels_impl.h; included there inside its ISA namespace, after the
+// gradient kinds and Bf16RandomRun.
 
 FUSEDOPT_ALWAYS_INLINE Vec16 widen16(__m256i bfloat16_bits) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bfloat16_bits), 16));
@@ -17,16 +11,16 @@ FUSEDOPT_ALWAYS_INLINE Vec16 load16(const BFloat16* p) {
 }
 
 // The loops take 32 elements at a time, as two Vec16 (lo: i .. i + 15, hi:
-// i + 16 .. i + 31), so that one VCVTNE2PS2BF16 rounds both into one 64-byte
-// store.
+// i + 16 .. i + 31), rounded together into one 64-byte store.
 FUSEDOPT_ALWAYS_INLINE void store32(float* p, Vec16 lo, Vec16 hi) {
   _mm512_storeu_ps(p, lo.v);
   _mm512_storeu_ps(p + 16, hi.v);
 }
 
-// Lanes that VCVTNE2PS2BF16 rounds otherwise than math::bf16_nearest: it
-// takes subnormal inputs for zero, and NaNs keep their payload where
-// bf16_nearest gives c10's quiet NaN. Rare, so such vectors go lane by lane.
+// Lanes that bf16_nearest32 rounds otherwise than math::bf16_nearest:
+// VCVTNE2PS2BF16 takes subnormal inputs for zero, and NaNs keep their
+// payload (with the integer rounding too) where bf16_nearest gives c10's
+// quiet NaN. Rare, so such vectors go lane by lane.
 constexpr int kNanOrSubnormal = 0x01 | 0x20 | 0x80;  // VFPCLASSPS: QNaN, denormal, SNaN
 
 FUSEDOPT_ALWAYS_INLINE bool any_lane(Vec16 lo, Vec16 hi, int classes) {
@@ -39,11 +33,34 @@ __attribute__((noinline, cold)) void store32_lanes(BFloat16* p, Vec16 lo, Vec16 
   for (int i = 0; i < 32; ++i) p[i] = from_math<BFloat16>(lanes[i]);
 }
 
-FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE __m512i bf16_nearest32(Vec16 lo, Vec16 hi) {
-  return (__m512i)_mm512_cvtne2ps_pbh(hi.v, lo.v);
+// The high halves of 32-bit lanes, lo's then hi's: 32 bfloat16 values.
+FUSEDOPT_ALWAYS_INLINE __m512i high_halves(__m512i lo, __m512i hi) {
+  alignas(64) static constexpr uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
+                                                           23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+                                                           45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  return _mm512_permutex2var_epi16(lo, _mm512_load_si512(kHighHalves), hi);
 }
 
-FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE void store32(BFloat16* p, Vec16 lo, Vec16 hi) {
+// math::bf16_nearest's rounding before the shift: x's bits plus 0x7FFF and
+// the lowest kept bit.
+FUSEDOPT_ALWAYS_INLINE __m512i nearest_even_carry(Vec16 x) {
+  const __m512i bits = _mm512_castps_si512(x.v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb);
+}
+
+// 32 lanes rounded to bfloat16, to nearest even (right for all but the lanes
+// of kNanOrSubnormal): one instruction with AVX512_BF16, else the integer
+// rounding of math::bf16_nearest.
+FUSEDOPT_ALWAYS_INLINE __m512i bf16_nearest32(Vec16 lo, Vec16 hi) {
+#if defined(FUSEDOPT_AVX512_BF16)
+  return (__m512i)_mm512_cvtne2ps_pbh(hi.v, lo.v);
+#else
+  return high_halves(nearest_even_carry(lo), nearest_even_carry(hi));
+#endif
+}
+
+FUSEDOPT_ALWAYS_INLINE void store32(BFloat16* p, Vec16 lo, Vec16 hi) {
   if (any_lane(lo, hi, kNanOrSubnormal)) return store32_lanes(p, lo, hi);
   _mm512_storeu_si512(p, bf16_nearest32(lo, hi));
 }
@@ -60,7 +77,7 @@ FUSEDOPT_ALWAYS_INLINE void grad32(const RegularizedGrad<T>& g, int64_t i, Vec16
   hi = math::regularized_grad(load16(g.dw + i + 16), load16(g.dr + i + 16), g.lambdaa);
 }
 template <typename T>
-FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE void grad32(const ScaledGrad<T>& g, int64_t i, Vec16& lo, Vec16& hi) {
+FUSEDOPT_ALWAYS_INLINE void grad32(const ScaledGrad<T>& g, int64_t i, Vec16& lo, Vec16& hi) {
   lo = load16(g.grad + i) / g.scale;
   hi = load16(g.grad + i + 16) / g.scale;
   store32(g.grad + i, lo, hi);
@@ -83,19 +100,18 @@ FUSEDOPT_ALWAYS_INLINE __m512i random16(const RandomRun& run, uint32_t i) {
   return mix32_16(_mm512_xor_si512(first, _mm512_set1_epi32(static_cast<int>(run.second))));
 }
 
-// math::bf16_stochastic on 32 lanes: the random bits added below the kept
-// ones, then the high halves of both vectors picked into one.
-FUSEDOPT_ALWAYS_INLINE void store32_stochastic(BFloat16* p, Vec16 lo, Vec16 hi, const RandomRun& run, uint32_t i) {
-  alignas(64) static constexpr uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
-                                                           23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
-                                                           45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-  const __m512i low16 = _mm512_set1_epi32(0xFFFF);
-  const __m512i a = _mm512_add_epi32(_mm512_castps_si512(lo.v), _mm512_and_si512(random16(run, i), low16));
-  const __m512i b = _mm512_add_epi32(_mm512_castps_si512(hi.v), _mm512_and_si512(random16(run, i + 16), low16));
-  const __m512i rounded = _mm512_permutex2var_epi16(a, _mm512_load_si512(kHighHalves), b);
+// math::bf16_stochastic on 32 lanes from element i (even): the 16 words of
+// counters (first + i) / 2 ... hold the 32 elements' random halves in order,
+// which are added below the kept bits; then the high halves of both vectors
+// are picked into one.
+FUSEDOPT_ALWAYS_INLINE void store32_stochastic(BFloat16* p, Vec16 lo, Vec16 hi, const Bf16RandomRun& run,
+                                               uint32_t i) {
+  const __m512i random = random16(run.words, i / 2);
+  const __m512i a = _mm512_add_epi32(_mm512_castps_si512(lo.v), _mm512_cvtepu16_epi32(_mm512_castsi512_si256(random)));
+  const __m512i b = _mm512_add_epi32(_mm512_castps_si512(hi.v), _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(random, 1)));
   const __mmask32 nan = _mm512_kunpackw(_mm512_cmp_ps_mask(hi.v, hi.v, _CMP_UNORD_Q),
                                         _mm512_cmp_ps_mask(lo.v, lo.v, _CMP_UNORD_Q));
-  _mm512_storeu_si512(p, _mm512_mask_mov_epi16(rounded, nan, _mm512_set1_epi16(0x7FC0)));
+  _mm512_storeu_si512(p, _mm512_mask_mov_epi16(high_halves(a, b), nan, _mm512_set1_epi16(0x7FC0)));
 }
 
 // math::split_compensated<false> on 32 lanes: the param rounded to nearest
@@ -108,7 +124,7 @@ __attribute__((noinline, cold)) void store32_compensated_lanes(BFloat16* param, 
   for (int i = 0; i < 32; ++i) math::split_compensated<false>(lanes[i], param[i].bits, residual[i].bits);
 }
 
-FUSEDOPT_BF16_TARGET FUSEDOPT_ALWAYS_INLINE void store32_compensated(BFloat16* param, BFloat16* residual, Vec16 lo,
+FUSEDOPT_ALWAYS_INLINE void store32_compensated(BFloat16* param, BFloat16* residual, Vec16 lo,
                                                                      Vec16 hi) {
   constexpr int kSpecial = kNanOrSubnormal | 0x08 | 0x10;  // and +-Inf
   const __m512i kept = bf16_nearest32(lo, hi);

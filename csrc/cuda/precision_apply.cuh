@@ -174,8 +174,10 @@ __global__ void __launch_bounds__(kBlock)
           static_cast<uint16_t*>(table.companions[t])[i] = dropped;
         }
       } else {
-        const uint32_t random = sc.param_stochastic
-                                    ? math::random_bits(table.keys[t], global_index(table.index[t], i)) : 0u;
+        const uint32_t random =
+            sc.param_stochastic ? math::rounding_random_bits(std::is_same_v<T, c10::BFloat16>, table.keys[t],
+                                                             global_index(table.index[t], i))
+                                : 0u;
         store_float<T>(table.states[0][t], i, m[0], sc.param_stochastic, random);
       }
 #pragma unroll
@@ -213,7 +215,9 @@ __global__ void __launch_bounds__(kBlock)
           const int64_t i = at + lane + kWarp * j;
           if (i >= end) continue;
           const uint32_t random =
-              sc.state_stochastic ? math::random_bits(slot_key(table.keys[t], k), global_index(table.index[t], i)) : 0u;
+              sc.state_stochastic ? math::rounding_random_bits(sc.state_dtype == cpu::Dtype::kBFloat16,
+                                                               slot_key(table.keys[t], k), global_index(table.index[t], i))
+                                  : 0u;
           store_state(sc.state_dtype, table.states[k][t], i, s[k][j], sc.state_stochastic, random);
         }
       }

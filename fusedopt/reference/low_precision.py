@@ -32,6 +32,12 @@ def random_bits(key, index):
     return mix32(first ^ high ^ ((key >> 32) & M32) ^ 0x9E3779B9)
 
 
+def bf16_random_bits(key, index):
+    """The 16 random bits of stochastic rounding to bfloat16 for each element index: half of
+    random_bits(key, index // 2), the low half for even indices (one hash for two elements)."""
+    return (random_bits(key, index >> 1) >> (16 * (index & 1))) & 0xFFFF
+
+
 def stream_key(seed, tensor, step, stream=0):
     """The key of the param stream of one tensor at one step (its states' streams: stream_key_of_slot)."""
     h = (seed ^ (0x9E3779B97F4A7C15 * (tensor + 1))) & M64
@@ -84,8 +90,9 @@ def round_to(x, dtype, stochastic=False, key=0, index=None):
     """x (float32) stored in dtype: to nearest, or stochastically with the bits of (key, index)."""
     if dtype == torch.float32 or not stochastic:
         return x.to(dtype)
-    random = random_bits(key, index).view(x.shape)
-    return bf16_stochastic(x, random) if dtype == torch.bfloat16 else fp16_stochastic(x, random)
+    if dtype == torch.bfloat16:
+        return bf16_stochastic(x, bf16_random_bits(key, index).view(x.shape))
+    return fp16_stochastic(x, random_bits(key, index).view(x.shape))
 
 
 def split_compensated(x, dtype):

@@ -38,6 +38,21 @@ FUSEDOPT_HD uint32_t random_bits(uint64_t key, uint64_t counter) {
   return mix32(first ^ static_cast<uint32_t>(counter >> 32) ^ static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u);
 }
 
+// The 16 bits that stochastic rounding to bfloat16 adds below the kept ones,
+// for element `counter`: a half of random_bits(key, counter / 2), the low
+// half for even counters, so that one hash serves two elements (the hash was
+// most of a stochastic bfloat16 step's compute on the CPU). float16's
+// rounding takes 24 bits: a hash per element.
+FUSEDOPT_HD uint32_t bf16_random_bits(uint64_t key, uint64_t counter) {
+  return (random_bits(key, counter >> 1) >> (16u * static_cast<uint32_t>(counter & 1u))) & 0xFFFFu;
+}
+
+// The random bits of element `counter` for stochastic rounding to bfloat16
+// (bfloat16 = true) or float16.
+FUSEDOPT_HD uint32_t rounding_random_bits(bool bfloat16, uint64_t key, uint64_t counter) {
+  return bfloat16 ? bf16_random_bits(key, counter) : random_bits(key, counter);
+}
+
 // The key of one stream of one tensor at one step (host side, once per
 // tensor and step; or per block on a GPU whose step counts live there).
 FUSEDOPT_HD uint64_t stream_key(uint64_t seed, uint64_t tensor, uint64_t step, uint32_t stream) {
