@@ -128,7 +128,7 @@ def v_codes():
     """The candidate codes of v (and, named "m: ...", of m), as kept step by step (adam_states)."""
     def random(step, tensor, n):  # the random bytes of a tensor's stochastic codes at one step
         key = low_precision.stream_key(0, tensor, step)
-        return quantized.random_bytes(low_precision.random_bits, key, torch.arange(n))
+        return low_precision.code_random_bytes(key, torch.arange(n))
 
     def stochastic(flat, step, tensor):
         return ours(flat, False, random(step, tensor, flat.numel()))

@@ -184,7 +184,7 @@ def _random_bytes(opt, slot, step=1):
     p = opt.param_groups[0]["params"][0]
     key = low_precision.stream_key(opt.param_groups[0]["seed"] & (2**63 - 1), 0, step)  # the op takes an int64
     index = low_precision.global_index(p.numel())
-    return q.random_bytes(low_precision.random_bits, low_precision.stream_key_of_slot(key, slot), index)
+    return low_precision.code_random_bytes(low_precision.stream_key_of_slot(key, slot), index)
 
 
 def _edge_blocks():

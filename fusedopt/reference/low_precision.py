@@ -32,10 +32,22 @@ def random_bits(key, index):
     return mix32(first ^ high ^ ((key >> 32) & M32) ^ 0x9E3779B9)
 
 
+def random_part(key, index, bits):
+    """`bits` random bits for each element index, one hash serving 32 // bits elements: part
+    index % (32 // bits) of random_bits(key, index // (32 // bits)), the lowest for the first index."""
+    parts = 32 // bits
+    return (random_bits(key, index // parts) >> (bits * (index % parts))) & ((1 << bits) - 1)
+
+
 def bf16_random_bits(key, index):
-    """The 16 random bits of stochastic rounding to bfloat16 for each element index: half of
-    random_bits(key, index // 2), the low half for even indices (one hash for two elements)."""
-    return (random_bits(key, index >> 1) >> (16 * (index & 1))) & 0xFFFF
+    """The 16 random bits of stochastic rounding to bfloat16 for each element index: half a hash."""
+    return random_part(key, index, 16)
+
+
+def code_random_bytes(key, index):
+    """The random byte of each element index with which 8-bit non-negative states are coded
+    (quantized.quantize's `random`): a quarter of a hash."""
+    return random_part(key, index, 8)
 
 
 def stream_key(seed, tensor, step, stream=0):
@@ -147,7 +159,7 @@ def step(update, param, grad, states, *, param_precision="nearest", companion=No
             continue
         slot += 1
         if s.dtype == torch.uint8:
-            random = None if signed else quantized.random_bytes(random_bits, stream_key_of_slot(key, slot), index)
+            random = None if signed else code_random_bytes(stream_key_of_slot(key, slot), index)
             s.copy_(quantized.quantize(w, signed, random))
         else:
             s.copy_(round_to(w, s.dtype, stochastic_states, stream_key_of_slot(key, slot), index))

@@ -16,8 +16,8 @@ Both formats are the top bits of an IEEE float16 (sign, 5 exponent bits, 10
 mantissa bits): the value is rounded to float16 (nearest even), then to 3
 mantissa bits, so subnormals below 2^-14 come with the format. Signed codes
 round to nearest even. Non-negative ones round stochastically in the
-optimizer step (7 random bits, random_bytes, added below the kept bits): they
-hold slow averages and sums whose per-step change is far under half a code
+optimizer step (7 random bits, low_precision.code_random_bytes, added below
+the kept bits): they hold slow averages and sums whose per-step change is far under half a code
 step, which rounding to nearest would drop again and again. 0 stays 0, a
 positive non-negative value never becomes 0 (it is raised to the smallest code
 first: a v coded as 0 would turn m / sqrt(v) into m / eps), and a NaN codes as
@@ -40,13 +40,6 @@ def blocks(n):
 def packed_bytes(n):
     """Bytes of the 8-bit state of an n-element tensor."""
     return blocks(n) * BLOCK_BYTES
-
-
-def random_bytes(random_bits, key, index):
-    """The random byte of each element index (int64 tensor) of stream `key`:
-    byte index % 4 of random_bits(key, index // 4), one hash for four elements
-    (random_bits: low_precision.random_bits)."""
-    return (random_bits(key, index >> 2) >> (8 * (index & 3))) & 0xFF
 
 
 def _f32(value):
@@ -95,7 +88,7 @@ def decode(codes, absmax, signed):
 def quantize(x, signed, random=None):
     """The 8-bit state (uint8, packed_bytes(n)) of x (any shape, float).
     random: for a non-negative state, a random byte per element (int64 tensor
-    of x's numel, random_bytes) to round as the optimizer step does; None
+    of x's numel, low_precision.code_random_bytes) to round as the optimizer step does; None
     rounds to nearest (a one-time conversion)."""
     x = x.detach().reshape(-1).float()
     n = x.numel()

@@ -67,12 +67,9 @@ FUSEDOPT_HD uint8_t encode_signed(float x, float inv) {
   return static_cast<uint8_t>(k | sign);
 }
 
-// The random byte of element e of a stream (rounding.h's key and counter):
-// byte e % 4 of random_bits(key, e / 4), so that one hash serves four elements;
-// a code's rounding takes its low 7 bits.
-FUSEDOPT_HD uint32_t code_random_byte(uint64_t key, uint64_t e) {
-  return (random_bits(key, e >> 2) >> (8u * static_cast<uint32_t>(e & 3u))) & 0xFFu;
-}
+// The random byte of element e of a stream (rounding.h's key and counter),
+// a quarter of a hash; a code's rounding takes its low 7 bits.
+FUSEDOPT_HD uint32_t code_random_byte(uint64_t key, uint64_t e) { return random_part<8>(key, e); }
 
 // random: the element's code_random_byte.
 FUSEDOPT_HD uint8_t encode_unsigned(float x, float inv, uint32_t random) {

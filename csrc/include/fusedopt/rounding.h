@@ -38,14 +38,19 @@ FUSEDOPT_HD uint32_t random_bits(uint64_t key, uint64_t counter) {
   return mix32(first ^ static_cast<uint32_t>(counter >> 32) ^ static_cast<uint32_t>(key >> 32) ^ 0x9e3779b9u);
 }
 
-// The 16 bits that stochastic rounding to bfloat16 adds below the kept ones,
-// for element `counter`: a half of random_bits(key, counter / 2), the low
-// half for even counters, so that one hash serves two elements (the hash was
-// most of a stochastic bfloat16 step's compute on the CPU). float16's
-// rounding takes 24 bits: a hash per element.
-FUSEDOPT_HD uint32_t bf16_random_bits(uint64_t key, uint64_t counter) {
-  return (random_bits(key, counter >> 1) >> (16u * static_cast<uint32_t>(counter & 1u))) & 0xFFFFu;
+// Bits random bits for element `counter`, where one hash serves 32 / Bits
+// elements: part counter % (32 / Bits) of random_bits(key, counter / (32 / Bits)),
+// the lowest part for the first counter.
+template <uint32_t Bits>
+FUSEDOPT_HD uint32_t random_part(uint64_t key, uint64_t counter) {
+  constexpr uint64_t kParts = 32 / Bits;
+  return (random_bits(key, counter / kParts) >> (Bits * static_cast<uint32_t>(counter % kParts))) & ((1u << Bits) - 1u);
 }
+
+// The 16 bits that stochastic rounding to bfloat16 adds below the kept ones,
+// half a hash (the hash was most of a stochastic bfloat16 step's compute on
+// the CPU). float16's rounding takes 24 bits: a hash per element.
+FUSEDOPT_HD uint32_t bf16_random_bits(uint64_t key, uint64_t counter) { return random_part<16>(key, counter); }
 
 // The random bits of element `counter` for stochastic rounding to bfloat16
 // (bfloat16 = true) or float16.
