@@ -229,17 +229,13 @@ FUSEDOPT_ALWAYS_INLINE void random_run(uint64_t key, uint64_t first, int n, Part
   std::memcpy(out, reinterpret_cast<const Part*>(words) + first % kParts, sizeof(Part) * static_cast<size_t>(n));
 }
 
-// math::bf16_random_bits(key, first + i) for a run of counters, from the
-// RandomRun of their words.
+// math::bf16_random_bits(key, first + i) for a run of counters from an even
+// first, from the RandomRun of their words.
 struct Bf16RandomRun {
   RandomRun words;
-  uint32_t odd;  // first is odd: element i is half of word (i + 1) / 2
-  Bf16RandomRun(uint64_t key, uint64_t first) : words(key, first / 2), odd(static_cast<uint32_t>(first % 2)) {}
-  static bool fits(uint64_t first, int64_t n) { return RandomRun::fits(first / 2, n / 2 + 1); }
-  FUSEDOPT_ALWAYS_INLINE uint32_t operator()(uint32_t i) const {
-    const uint32_t e = odd + i;
-    return (words(e >> 1) >> (16u * (e & 1u))) & 0xFFFFu;
-  }
+  Bf16RandomRun(uint64_t key, uint64_t first) : words(key, first / 2) {}
+  static bool fits(uint64_t first, int64_t n) { return first % 2 == 0 && RandomRun::fits(first / 2, n / 2 + 1); }
+  FUSEDOPT_ALWAYS_INLINE uint32_t operator()(uint32_t i) const { return (words(i >> 1) >> (16u * (i & 1u))) & 0xFFFFu; }
 };
 
 // Stochastic rounding's random bits (uint32_t: random_bits, uint16_t:
@@ -588,7 +584,8 @@ inline bool direct_param_mode(const TensorLists& l, int64_t begin, int64_t end) 
   const Storage& st = l.storage;
   if (st.state_dtype != Dtype::kBFloat16 || st.state_stochastic || l.reg_grads != nullptr) return false;
   if (st.param == ParamStorage::kCompensated) return true;
-  // Stochastic without an index map, over counters of one Bf16RandomRun.
+  // Stochastic without an index map, over counters of one Bf16RandomRun (an
+  // even first: pieces start at multiples of TensorLists::align).
   return st.param == ParamStorage::kPlain && st.param_stochastic && st.index == nullptr &&
          Bf16RandomRun::fits(static_cast<uint64_t>(begin), end - begin);
 }
@@ -601,12 +598,10 @@ void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_
   const BFloat16* grad = static_cast<const BFloat16*>(l.grads[t]) + begin;
   const auto run_mode = [&](auto g, auto mode, BFloat16* residual) {
 #if defined(FUSEDOPT_AVX512)
-    if (begin % 2 == 0) {  // (always: slots start at multiples of TensorLists::align)
-      return update_run_param_vec(u, g, end - begin, mode, param, residual,
-                                  (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
-    }
-#endif
+    update_run_param_vec(u, g, end - begin, mode, param, residual, (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
+#else
     update_run_param(u, g, 0, end - begin, mode, param, residual, (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
+#endif
   };
   const auto run = [&](auto g) {
     if (st.param == ParamStorage::kCompensated) {
