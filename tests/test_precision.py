@@ -260,14 +260,15 @@ def test_stochastic_rounding_is_the_same_for_any_thread_count_and_isa():
 @pytest.mark.parametrize("mode", ["stochastic", "compensated"])
 def test_modes_with_bfloat16_states_are_the_same_for_any_isa_and_thread_count(mode):
     """bfloat16 states rounded to nearest (the default for bfloat16 params): the
-    AVX-512 kernels step these pieces in registers, the others through float32
-    buffers; the bits must not differ, AMP's grad_scale included."""
+    AVX-512 and AVX2 kernels step these pieces in registers, the baseline
+    through float32 buffers; the bits must not differ, AMP's grad_scale
+    included."""
     _same_for_any_thread_count_and_isa(opts=dict(param_precision=mode), grad_scale=4.0)
 
 
 def test_float32_params_with_bfloat16_states_are_the_same_for_any_isa_and_thread_count():
-    """The AVX-512 kernels step float32 params with bfloat16 states (rounded to
-    nearest) in registers, the others through float32 buffers."""
+    """The AVX-512 and AVX2 kernels step float32 params with bfloat16 states
+    (rounded to nearest) in registers, the baseline through float32 buffers."""
     _same_for_any_thread_count_and_isa(opts=dict(state_dtype=torch.bfloat16), grad_scale=4.0, dtype=torch.float32)
 
 
@@ -290,7 +291,8 @@ def test_nan_inf_and_subnormals_round_alike_on_every_isa(algorithm, opts, dtype)
     """Values that AVX512_BF16's conversion rounds otherwise than round-to-nearest
     (subnormals, which it flushes; NaNs, whose payload it keeps) take the scalar
     rounding on the avx512bf16 kernels: every ISA gives the same bits, NaNs as
-    c10's quiet NaN. 1001 elements: the 32-element loop and its tail."""
+    c10's quiet NaN. 1001 elements: the lane loops (32 or 16 elements a turn)
+    and their tails."""
     extra = dict(momentum=0.9) if algorithm == "SGD" else {}
     runs = {}
     for isa in native_cpu_isas():

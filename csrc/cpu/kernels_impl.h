@@ -40,13 +40,15 @@ template <> struct MathType<double> { using type = double; };
 #define FUSEDOPT_ALWAYS_INLINE inline __attribute__((always_inline))
 // Plain bfloat16 pieces, float32 params with bfloat16 states rounded to
 // nearest, and bfloat16 params rounded stochastically or compensated are
-// converted in registers inside the update loop on the AVX-512 kernels
-// (update_run_vec, vec16.h), where 32 vector registers hold the streams
-// (16M-element AdamW, 1 thread, GCC's vectorized loop of 2026-11-27:
-// bfloat16 17.4 -> 13.4 ms, torch fused 17.8; float32 params with bfloat16
-// states 28 -> 9 ms, float32 states 10); with AVX2's 16 that is slower than
-// the blocked path below.
-#if defined(FUSEDOPT_AVX512)
+// converted in registers inside the update loop (update_run_vec, on the Vec
+// lanes of lanes.h) in the AVX-512 and AVX2 kernels. GCC's own vectorized
+// loop did that well with AVX-512's 32 vector registers but spilled with
+// AVX2's 16, slower there than the blocked path below (16M-element AdamW, 1
+// thread, 2026-11-27: bfloat16 17.4 -> 13.4 ms, torch fused 17.8; float32
+// params with bfloat16 states 28 -> 9 ms, float32 states 10); the lane loops
+// are fast on both. The baseline build keeps the blocked path.
+#if defined(FUSEDOPT_LANES_AVX512) || defined(FUSEDOPT_LANES_AVX2)
+#define FUSEDOPT_LANE_LOOPS 1
 constexpr bool kBf16InRegisters = true;
 #else
 constexpr bool kBf16InRegisters = false;
@@ -158,6 +160,27 @@ FUSEDOPT_ALWAYS_INLINE void widen(const T* src, float* dst, int n) {
   for (; i < n; ++i) dst[i] = to_math(src[i]);
 }
 
+#if defined(FUSEDOPT_AVX2_F16C)
+// math::bf16_nearest and math::bf16_stochastic on 8 lanes, in the low halves
+// of 32-bit lanes, without the masking GCC adds around the narrowing (the
+// rounded value always fits 16 bits); bf16_pack16 packs two such vectors
+// into 16 bfloat16 values in order.
+FUSEDOPT_ALWAYS_INLINE __m256i bf16_if_not_nan8(__m256 x, __m256i rounded) {
+  return _mm256_blendv_epi8(_mm256_set1_epi32(0x7FC0), rounded, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
+}
+FUSEDOPT_ALWAYS_INLINE __m256i bf16_nearest8(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  return bf16_if_not_nan8(x, _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb), 16));
+}
+FUSEDOPT_ALWAYS_INLINE __m256i bf16_stochastic8(__m256 x, __m256i random) {
+  return bf16_if_not_nan8(x, _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x), random), 16));
+}
+FUSEDOPT_ALWAYS_INLINE __m256i bf16_pack16(__m256i lo, __m256i hi) {
+  return _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+}
+#endif
+
 template <typename T>
 FUSEDOPT_ALWAYS_INLINE void narrow(const float* src, T* dst, int n) {
   int i = 0;
@@ -169,18 +192,9 @@ FUSEDOPT_ALWAYS_INLINE void narrow(const float* src, T* dst, int n) {
     }
   }
   if constexpr (std::is_same_v<T, BFloat16>) {
-    // from_math<BFloat16> 8 lanes at a time, without the masking GCC adds
-    // around the narrowing (the rounded value always fits 16 bits).
-    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF), nan = _mm256_set1_epi32(0x7FC0);
-    const auto round = [&](__m256 x) {
-      const __m256i bits = _mm256_castps_si256(x);
-      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
-      const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, bias), lsb), 16);
-      return _mm256_blendv_epi8(nan, rounded, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
-    };
     for (; i + 16 <= n; i += 16) {
-      const __m256i packed = _mm256_packus_epi32(round(_mm256_loadu_ps(src + i)), round(_mm256_loadu_ps(src + i + 8)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permute4x64_epi64(packed, 0xD8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                          bf16_pack16(bf16_nearest8(_mm256_loadu_ps(src + i)), bf16_nearest8(_mm256_loadu_ps(src + i + 8))));
     }
   }
 #endif
@@ -199,7 +213,9 @@ struct RandomRun {
   static bool fits(uint64_t first, int64_t n) {
     return static_cast<uint64_t>(static_cast<uint32_t>(first)) + static_cast<uint64_t>(n) <= (uint64_t{1} << 32);
   }
-  FUSEDOPT_ALWAYS_INLINE uint32_t operator()(uint32_t i) const {
+  // i: uint32_t, or LaneBits (lanes.h) for counters first + i[0], ...
+  template <typename I>
+  FUSEDOPT_ALWAYS_INLINE I operator()(I i) const {
     return math::mix32(math::mix32((low + i) ^ key_low) ^ second);
   }
 };
@@ -268,17 +284,11 @@ FUSEDOPT_ALWAYS_INLINE uint64_t slot_key(const TensorLists& l, int64_t t, int k)
 FUSEDOPT_ALWAYS_INLINE void narrow_stochastic(const float* src, BFloat16* dst, const uint16_t* random, int n) {
   int i = 0;
 #if defined(FUSEDOPT_AVX2_F16C)
-  // math::bf16_stochastic 8 lanes at a time, packed as narrow() packs.
-  const __m256i nan = _mm256_set1_epi32(0x7FC0);
-  const auto round = [&](__m256 x, __m256i r) {
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x), r), 16);
-    return _mm256_blendv_epi8(nan, rounded, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
-  };
   for (; i + 16 <= n; i += 16) {
     const __m256i r0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(random + i)));
     const __m256i r1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(random + i + 8)));
-    const __m256i packed = _mm256_packus_epi32(round(_mm256_loadu_ps(src + i), r0), round(_mm256_loadu_ps(src + i + 8), r1));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permute4x64_epi64(packed, 0xD8));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), bf16_pack16(bf16_stochastic8(_mm256_loadu_ps(src + i), r0),
+                                                                         bf16_stochastic8(_mm256_loadu_ps(src + i + 8), r1)));
   }
 #endif
   for (; i < n; ++i) dst[i] = BFloat16{math::bf16_stochastic(src[i], random[i])};
@@ -485,11 +495,11 @@ void update_piece_blocked(const Update& u, const TensorLists& l, int64_t t, int6
 
 // bfloat16 params rounded stochastically or compensated, with bfloat16
 // states rounded to nearest, converted in registers like the plain bfloat16
-// pieces (AVX-512's 32 vector registers hold the extra streams) instead of
-// through the blocked path's buffers. Stochastic (Mode = Bf16RandomRun): element
-// i's random bits are those of counter begin + i, computed in the loop;
-// compensated: math::split_compensated. The blocked path's bits, element for
-// element. Used where kBf16InRegisters.
+// pieces (update_run_param_vec) instead of through the blocked path's
+// buffers. Stochastic (Mode = Bf16RandomRun): element i's random bits are
+// those of counter begin + i, computed in the loop; compensated:
+// math::split_compensated. The blocked path's bits, element for element.
+// Used where kBf16InRegisters; this is the lane loops' scalar tail.
 struct CompensatedParam {};
 
 template <class Mode, class Update, class Grad, typename... Ptr>
@@ -513,24 +523,48 @@ void update_run_param(const Update& update, const Grad grad, int64_t begin, int6
   }
 }
 
-#if defined(FUSEDOPT_AVX512)
-#include "vec16_io.h"
+#if defined(FUSEDOPT_LANES_AVX512)
+#include "lanes_avx512.h"
+#elif defined(FUSEDOPT_LANES_AVX2)
+#include "lanes_avx2.h"
+#endif
 
-// update_run and update_run_param 32 elements at a time on Vec16 lanes (the
-// tail on floats), for the AVX-512 kernels: the same bits.
+#if defined(FUSEDOPT_LANE_LOOPS)
+constexpr int kPair = 2 * kLanes;
+
+// The gradient kinds above, kPair elements from i.
+template <typename T>
+FUSEDOPT_ALWAYS_INLINE void grad_pair(const PlainGrad<T>& g, int64_t i, Vec& lo, Vec& hi) {
+  lo = load_lanes(g.grad + i);
+  hi = load_lanes(g.grad + i + kLanes);
+}
+template <typename T>
+FUSEDOPT_ALWAYS_INLINE void grad_pair(const RegularizedGrad<T>& g, int64_t i, Vec& lo, Vec& hi) {
+  lo = math::regularized_grad(load_lanes(g.dw + i), load_lanes(g.dr + i), g.lambdaa);
+  hi = math::regularized_grad(load_lanes(g.dw + i + kLanes), load_lanes(g.dr + i + kLanes), g.lambdaa);
+}
+template <typename T>
+FUSEDOPT_ALWAYS_INLINE void grad_pair(const ScaledGrad<T>& g, int64_t i, Vec& lo, Vec& hi) {
+  lo = load_lanes(g.grad + i) / g.scale;
+  hi = load_lanes(g.grad + i + kLanes) / g.scale;
+  store_pair(g.grad + i, lo, hi);
+}
+
+// update_run and update_run_param kPair elements at a time on two Vec (the
+// tail on floats): the same bits.
 template <typename T, class Update, class Grad, typename... Ptr>
 void update_run_vec(const Update& update, const Grad grad, int64_t n, Ptr __restrict... state) {
   const Update u = update;
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    Vec16 lo[sizeof...(Ptr)] = {load16(state + i)...};
-    Vec16 hi[sizeof...(Ptr)] = {load16(state + i + 16)...};
-    Vec16 g_lo, g_hi;
-    grad32(grad, i, g_lo, g_hi);
+  for (; i + kPair <= n; i += kPair) {
+    Vec lo[sizeof...(Ptr)] = {load_lanes(state + i)...};
+    Vec hi[sizeof...(Ptr)] = {load_lanes(state + i + kLanes)...};
+    Vec g_lo, g_hi;
+    grad_pair(grad, i, g_lo, g_hi);
     u(g_lo, lo);
     u(g_hi, hi);
     int k = 0;
-    ((store32(state + i, lo[k], hi[k]), ++k), ...);
+    ((store_pair(state + i, lo[k], hi[k]), ++k), ...);
   }
   update_run<T>(u, grad, i, n, state...);
 }
@@ -541,36 +575,36 @@ void update_run_param_vec(const Update& update, const Grad grad, int64_t n, cons
   constexpr bool kCompensated = std::is_same_v<Mode, CompensatedParam>;
   const Update u = update;
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    Vec16 lo[1 + sizeof...(Ptr)] = {load16(param + i), load16(state + i)...};
-    Vec16 hi[1 + sizeof...(Ptr)] = {load16(param + i + 16), load16(state + i + 16)...};
+  for (; i + kPair <= n; i += kPair) {
+    Vec lo[1 + sizeof...(Ptr)] = {load_lanes(param + i), load_lanes(state + i)...};
+    Vec hi[1 + sizeof...(Ptr)] = {load_lanes(param + i + kLanes), load_lanes(state + i + kLanes)...};
     if constexpr (kCompensated) {
-      lo[0] = lo[0] + load16(residual + i);
-      hi[0] = hi[0] + load16(residual + i + 16);
+      lo[0] = lo[0] + load_lanes(residual + i);
+      hi[0] = hi[0] + load_lanes(residual + i + kLanes);
     }
-    Vec16 g_lo, g_hi;
-    grad32(grad, i, g_lo, g_hi);
+    Vec g_lo, g_hi;
+    grad_pair(grad, i, g_lo, g_hi);
     u(g_lo, lo);
     u(g_hi, hi);
     if constexpr (kCompensated) {
-      store32_compensated(param + i, residual + i, lo[0], hi[0]);
+      store_pair_compensated(param + i, residual + i, lo[0], hi[0]);
     } else {
-      store32_stochastic(param + i, lo[0], hi[0], mode, static_cast<uint32_t>(i));
+      store_pair_stochastic(param + i, lo[0], hi[0], mode, static_cast<uint32_t>(i));
     }
     int k = 1;
-    ((store32(state + i, lo[k], hi[k]), ++k), ...);
+    ((store_pair(state + i, lo[k], hi[k]), ++k), ...);
   }
   update_run_param(u, grad, i, n, mode, param, residual, state...);
 }
 #endif
 
-// States of type S (the params' by default; AVX-512: bfloat16 beside float32
-// params, rounded to nearest in registers).
+// States of type S (the params' by default; in the lane loops bfloat16
+// beside float32 params, rounded to nearest in registers).
 template <typename T, typename S = T, class Update, std::size_t... K>
 void update_piece(const Update& u, const TensorLists& l, int64_t t, int64_t begin, int64_t end,
                   std::index_sequence<K...>) {
   with_grad<T>(l, t, begin, [&](auto g) {
-#if defined(FUSEDOPT_AVX512)
+#if defined(FUSEDOPT_LANE_LOOPS)
     if constexpr (std::is_same_v<S, BFloat16>) {
       return update_run_vec<T>(u, g, end - begin, slot<T, S, K>(l, t, begin)...);
     }
@@ -597,7 +631,7 @@ void update_piece_param(const Update& u, const TensorLists& l, int64_t t, int64_
   BFloat16* param = static_cast<BFloat16*>(l.states[0][t]) + begin;
   const BFloat16* grad = static_cast<const BFloat16*>(l.grads[t]) + begin;
   const auto run_mode = [&](auto g, auto mode, BFloat16* residual) {
-#if defined(FUSEDOPT_AVX512)
+#if defined(FUSEDOPT_LANE_LOOPS)
     update_run_param_vec(u, g, end - begin, mode, param, residual, (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);
 #else
     update_run_param(u, g, 0, end - begin, mode, param, residual, (static_cast<BFloat16*>(l.states[K + 1][t]) + begin)...);

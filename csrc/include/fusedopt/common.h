@@ -3,7 +3,7 @@
 //
 // The update functors (adam.h, sgd.h, ...) hold their scalars in the math
 // type M; their operator() takes values of type V, which is M, or on the
-// CPU sixteen lanes of it (cpu/vec16.h) that run the same operations.
+// CPU lanes of it (cpu/lanes.h) that run the same operations.
 #pragma once
 
 #include <cmath>

@@ -20,8 +20,10 @@
 namespace fusedopt {
 namespace math {
 
-// A 32-bit mix with full avalanche (Wellons' "lowbias32").
-FUSEDOPT_HD uint32_t mix32(uint32_t x) {
+// A 32-bit mix with full avalanche (Wellons' "lowbias32"). U is uint32_t, or
+// on the CPU lanes of it (cpu/lanes.h) that wrap alike.
+template <typename U>
+FUSEDOPT_HD U mix32(U x) {
   x ^= x >> 16;
   x *= 0x7feb352du;
   x ^= x >> 15;
