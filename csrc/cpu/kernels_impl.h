@@ -168,11 +168,13 @@ FUSEDOPT_ALWAYS_INLINE void widen(const T* src, float* dst, int n) {
 FUSEDOPT_ALWAYS_INLINE __m256i bf16_if_not_nan8(__m256 x, __m256i rounded) {
   return _mm256_blendv_epi8(_mm256_set1_epi32(0x7FC0), rounded, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_ORD_Q)));
 }
-FUSEDOPT_ALWAYS_INLINE __m256i bf16_nearest8(__m256 x) {
+// Right for every lane but NaN.
+FUSEDOPT_ALWAYS_INLINE __m256i bf16_nearest8_not_nan(__m256 x) {
   const __m256i bits = _mm256_castps_si256(x);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  return bf16_if_not_nan8(x, _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb), 16));
+  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb), 16);
 }
+FUSEDOPT_ALWAYS_INLINE __m256i bf16_nearest8(__m256 x) { return bf16_if_not_nan8(x, bf16_nearest8_not_nan(x)); }
 FUSEDOPT_ALWAYS_INLINE __m256i bf16_stochastic8(__m256 x, __m256i random) {
   return bf16_if_not_nan8(x, _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x), random), 16));
 }
@@ -523,6 +525,19 @@ void update_run_param(const Update& update, const Grad grad, int64_t begin, int6
   }
 }
 
+#if defined(FUSEDOPT_LANE_LOOPS)
+constexpr int kPair = 2 * kLanes;
+
+// Where the lane loops' compensated stores leave a pair of vectors to the
+// scalar code (rare values: see lanes_avx512.h and lanes_avx2.h).
+__attribute__((noinline, cold)) void store_pair_compensated_lanes(BFloat16* param, BFloat16* residual, Vec lo,
+                                                                  Vec hi) {
+  alignas(64) float lanes[kPair];
+  store_pair(lanes, lo, hi);
+  for (int i = 0; i < kPair; ++i) math::split_compensated<false>(lanes[i], param[i].bits, residual[i].bits);
+}
+#endif
+
 #if defined(FUSEDOPT_LANES_AVX512)
 #include "lanes_avx512.h"
 #elif defined(FUSEDOPT_LANES_AVX2)
@@ -530,8 +545,6 @@ void update_run_param(const Update& update, const Grad grad, int64_t begin, int6
 #endif
 
 #if defined(FUSEDOPT_LANE_LOOPS)
-constexpr int kPair = 2 * kLanes;
-
 // The gradient kinds above, kPair elements from i.
 template <typename T>
 FUSEDOPT_ALWAYS_INLINE void grad_pair(const PlainGrad<T>& g, int64_t i, Vec& lo, Vec& hi) {

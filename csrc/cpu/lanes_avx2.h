@@ -3,8 +3,8 @@
 // after Bf16RandomRun and the 8-lane roundings of narrow(). lanes_avx512.h has
 // the same functions for AVX-512.
 //
-// No lane needs the scalar code here: the integer rounding of bf16_nearest8
-// is math::bf16_nearest's, NaN and subnormal lanes included.
+// The integer rounding is math::bf16_nearest's, subnormals and NaN (blended
+// in as the quiet NaN) included.
 
 FUSEDOPT_ALWAYS_INLINE Vec widen8(__m128i bfloat16_bits) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bfloat16_bits), 16));
@@ -30,16 +30,21 @@ FUSEDOPT_ALWAYS_INLINE void store_pair_stochastic(BFloat16* p, Vec lo, Vec hi, c
 }
 
 // math::split_compensated<false> on 16 lanes: the param rounded to nearest
-// and what that dropped (0 where that is NaN: x infinite or NaN), rounded to
-// nearest as the residual.
-FUSEDOPT_ALWAYS_INLINE __m256i residual8(__m256 x, __m256i kept) {
-  const __m256 dropped = _mm256_sub_ps(x, _mm256_castsi256_ps(_mm256_slli_epi32(kept, 16)));
-  return bf16_nearest8(_mm256_and_ps(dropped, _mm256_cmp_ps(dropped, dropped, _CMP_ORD_Q)));
+// and what that dropped, rounded to nearest as the residual. Where that
+// difference is NaN (the param infinite or NaN: a residual of 0), the pair
+// goes lane by lane: one test for the pair instead of NaN blends in both
+// roundings. (Tried on every bfloat16 store: no faster for plain stores,
+// slower for stochastic ones, whose loops then kept constants in memory.)
+FUSEDOPT_ALWAYS_INLINE bool any_nan(Vec lo, Vec hi) {
+  return __builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(lo.v, hi.v, _CMP_UNORD_Q)) != 0, 0);
 }
 
 FUSEDOPT_ALWAYS_INLINE void store_pair_compensated(BFloat16* param, BFloat16* residual, Vec lo, Vec hi) {
-  const __m256i kept_lo = bf16_nearest8(lo.v), kept_hi = bf16_nearest8(hi.v);
+  const __m256i kept_lo = bf16_nearest8_not_nan(lo.v), kept_hi = bf16_nearest8_not_nan(hi.v);
+  const Vec dropped_lo = lo - _mm256_castsi256_ps(_mm256_slli_epi32(kept_lo, 16));
+  const Vec dropped_hi = hi - _mm256_castsi256_ps(_mm256_slli_epi32(kept_hi, 16));
+  if (any_nan(dropped_lo, dropped_hi)) return store_pair_compensated_lanes(param, residual, lo, hi);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(param), bf16_pack16(kept_lo, kept_hi));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(residual),
-                      bf16_pack16(residual8(lo.v, kept_lo), residual8(hi.v, kept_hi)));
+                      bf16_pack16(bf16_nearest8_not_nan(dropped_lo.v), bf16_nearest8_not_nan(dropped_hi.v)));
 }

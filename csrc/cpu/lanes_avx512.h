@@ -20,9 +20,9 @@ FUSEDOPT_ALWAYS_INLINE bool any_lane(Vec lo, Vec hi, int classes) {
 }
 
 __attribute__((noinline, cold)) void store_pair_lanes(BFloat16* p, Vec lo, Vec hi) {
-  alignas(64) float lanes[32];
+  alignas(64) float lanes[kPair];
   store_pair(lanes, lo, hi);
-  for (int i = 0; i < 32; ++i) p[i] = from_math<BFloat16>(lanes[i]);
+  for (int i = 0; i < kPair; ++i) p[i] = from_math<BFloat16>(lanes[i]);
 }
 
 // The high halves of 32-bit lanes, lo's then hi's: 32 bfloat16 values.
@@ -75,13 +75,6 @@ FUSEDOPT_ALWAYS_INLINE void store_pair_stochastic(BFloat16* p, Vec lo, Vec hi, c
 // math::split_compensated<false> on 32 lanes: the param rounded to nearest
 // and what that dropped, rounded to nearest as the residual. Infinite and
 // NaN values (whose residual is 0) and subnormal ones go lane by lane.
-__attribute__((noinline, cold)) void store_pair_compensated_lanes(BFloat16* param, BFloat16* residual, Vec lo,
-                                                                  Vec hi) {
-  alignas(64) float lanes[32];
-  store_pair(lanes, lo, hi);
-  for (int i = 0; i < 32; ++i) math::split_compensated<false>(lanes[i], param[i].bits, residual[i].bits);
-}
-
 FUSEDOPT_ALWAYS_INLINE void store_pair_compensated(BFloat16* param, BFloat16* residual, Vec lo, Vec hi) {
   constexpr int kSpecial = kNanOrSubnormal | 0x08 | 0x10;  // and +-Inf
   const __m512i kept = bf16_nearest32(lo, hi);
