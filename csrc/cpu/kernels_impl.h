@@ -170,9 +170,8 @@ FUSEDOPT_ALWAYS_INLINE __m256i bf16_if_not_nan8(__m256 x, __m256i rounded) {
 }
 // Right for every lane but NaN.
 FUSEDOPT_ALWAYS_INLINE __m256i bf16_nearest8_not_nan(__m256 x) {
-  const __m256i bits = _mm256_castps_si256(x);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  using Bits8 = uint32_t __attribute__((vector_size(32)));
+  return (__m256i)(math::bf16_nearest_carry((Bits8)_mm256_castps_si256(x)) >> 16);
 }
 FUSEDOPT_ALWAYS_INLINE __m256i bf16_nearest8(__m256 x) { return bf16_if_not_nan8(x, bf16_nearest8_not_nan(x)); }
 FUSEDOPT_ALWAYS_INLINE __m256i bf16_stochastic8(__m256 x, __m256i random) {

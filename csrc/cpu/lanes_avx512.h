@@ -33,13 +33,6 @@ FUSEDOPT_ALWAYS_INLINE __m512i high_halves(__m512i lo, __m512i hi) {
   return _mm512_permutex2var_epi16(lo, _mm512_load_si512(kHighHalves), hi);
 }
 
-// math::bf16_nearest's rounding before the shift: x's bits plus 0x7FFF and
-// the lowest kept bit.
-FUSEDOPT_ALWAYS_INLINE __m512i nearest_even_carry(Vec x) {
-  const __m512i bits = _mm512_castps_si512(x.v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  return _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb);
-}
 
 // 32 lanes rounded to bfloat16, to nearest even (right for all but the lanes
 // of kNanOrSubnormal): one instruction with AVX512_BF16, else the integer
@@ -48,7 +41,8 @@ FUSEDOPT_ALWAYS_INLINE __m512i bf16_nearest32(Vec lo, Vec hi) {
 #if defined(FUSEDOPT_AVX512_BF16)
   return (__m512i)_mm512_cvtne2ps_pbh(hi.v, lo.v);
 #else
-  return high_halves(nearest_even_carry(lo), nearest_even_carry(hi));
+  return high_halves((__m512i)math::bf16_nearest_carry((LaneBits)_mm512_castps_si512(lo.v)),
+                     (__m512i)math::bf16_nearest_carry((LaneBits)_mm512_castps_si512(hi.v)));
 #endif
 }
 

@@ -93,10 +93,18 @@ FUSEDOPT_HD float bits_float(uint32_t b) {
 #endif
 }
 
+// Rounding a float's bits to bfloat16, nearest even, before the shift that
+// keeps the high half: below half an ulp nothing carries into it, above half
+// one, and a tie carries only into an odd kept value. U is uint32_t, or on the
+// CPU lanes of it (their vector roundings use this one). Wrong for NaN only.
+template <typename U>
+FUSEDOPT_HD U bf16_nearest_carry(U bits) {
+  return bits + 0x7FFFu + ((bits >> 16) & 1u);
+}
+
 // bfloat16 bits of x, rounded to nearest even; NaN to the quiet NaN (as c10::BFloat16).
 FUSEDOPT_HD uint16_t bf16_nearest(float x) {
-  const uint32_t bits = float_bits(x);
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t rounded = bf16_nearest_carry(float_bits(x)) >> 16;
   return static_cast<uint16_t>(x != x ? 0x7FC0u : rounded);
 }
 
