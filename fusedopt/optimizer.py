@@ -17,7 +17,8 @@ that needs `invalidate_plans()`).
 
 Under torch.compile the plan is not used: dynamo runs _init_group eagerly
 (creating state, as for torch.optim's optimizers) and the graph holds the op
-call of each bucket on the tensors it listed (_traced_step).
+calls of each bucket on the tensors it listed (_traced_step): one call, or
+one per _TRACED_CALL_PARAMS params of a bigger bucket.
 """
 import re
 
@@ -28,6 +29,16 @@ from torch.optim.optimizer import _get_scalar_dtype
 from . import _dtensor, _native, _precision
 from .reference import low_precision
 from ._distinct import check_distinct
+
+# The most params one op call takes in a compiled step. Inductor's passes over
+# an op that mutates lists of tensors spend, per mutated tensor, time in
+# proportion to the op's whole argument list (its pattern replacement flattens
+# every argument once per output, and reinplacing scans them), so one call on
+# a bucket of n params compiles in O(n^2): Adam with 2000 params took 316 s to
+# compile as one call, 80 s in calls of 32 params, 87 s of 100 and 114 s of 400
+# (docs/usage.md). Smaller calls add no compile time of that kind, only an op
+# call each at run time.
+_TRACED_CALL_PARAMS = 64
 
 
 def as_float(x):
@@ -350,7 +361,45 @@ class FusedOptimizer(Optimizer):
                 self._restore_new_state(lists, withheld)
                 if is_complex:
                     self._as_real(lists)
-                self._run_native(group, lists)
+                for part in self._traced_calls(lists):
+                    self._run_native(group, part)
+
+    def _traced_calls(self, lists):
+        """A bucket's lists as the op calls of a compiled step: of at most
+        _TRACED_CALL_PARAMS params each (see there why). What is per tensor
+        is cut alike; each tensor keeps its own rng id, so stochastic rounding
+        draws the same bits as in one call."""
+        n = len(lists["params"])
+        if n <= _TRACED_CALL_PARAMS:
+            yield lists
+            return
+        for start in range(0, n, _TRACED_CALL_PARAMS):
+            part = slice(start, start + _TRACED_CALL_PARAMS)
+            cut = {key: value[part] if len(value) == n else value
+                   for key, value in lists.items() if key != "precision"}
+            precision = dict(lists["precision"])
+            if "rng_ids" in precision:
+                precision["rng_ids"] = precision["rng_ids"][part]
+            if "index_map" in precision:  # three numbers per tensor
+                precision["index_map"] = precision["index_map"][3 * part.start:3 * part.stop]
+            cut["precision"] = precision
+            yield cut
+
+    def _check_bucket(self, group, lists, is_complex):
+        """Runs the op's checks on a whole bucket that a compiled step cuts
+        into several calls, while dynamo traces (in _init_group): a bucket
+        the op refuses then fails before any part of it is updated. The op
+        checks every list before it reads found_inf, and with found_inf set
+        changes nothing. At run time the guards keep every tensor's shape,
+        dtype and device as checked; only the step counts' values are read
+        again, and a count edited to a negative or non-finite value after
+        compiling is refused by the call that holds it, after the calls
+        before it have stepped."""
+        if len(lists["params"]) > _TRACED_CALL_PARAMS:
+            checked = dict(lists, check_only=True)
+            if is_complex:
+                self._as_real(checked)
+            self._run_native(group, checked)
 
     def _init_group(self, group, tensors):
         """Prepares a group's compiled step; torch.compile calls it eagerly
@@ -367,6 +416,7 @@ class FusedOptimizer(Optimizer):
             return None
         layout = []
         for (_, dtype, _, _), _, lists in self._gather_buckets(group, buckets):
+            self._check_bucket(group, lists, dtype.is_complex)
             withheld = self._withhold_new_state(lists)
             for key in self._op_lists:
                 tensors.extend(lists.get(key, ()))
@@ -418,6 +468,8 @@ class FusedOptimizer(Optimizer):
         """The op's trailing inputs: AMP, a device lr, and the low-precision storage."""
         inputs = self._step_inputs(group)
         inputs.update(lists["precision"])
+        if lists.get("check_only"):
+            inputs["found_inf"] = torch.ones(())
         return inputs
 
     def _reference_step(self, update, group, lists, i, states, count=None, **hyper):

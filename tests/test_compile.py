@@ -1,5 +1,6 @@
 """torch.compile of a function that calls opt.step(): fullgraph, one
-fusedopt op call per (group, device, dtype) in the captured graph, and the
+fusedopt op call per (group, device, dtype) in the captured graph (per
+fusedopt.optimizer._TRACED_CALL_PARAMS params of a bigger bucket), and the
 results of the eager step (bitwise) and of torch.optim (to rounding)."""
 import pytest
 import torch
@@ -244,3 +245,54 @@ def test_groups_the_graph_cannot_hold_step_eagerly(what):
     _steps(compiled, cparams, torch.compile(compiled.step, backend="eager"))
     _steps(eager, eparams, eager.step)
     assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+
+
+BIG_SHAPES = [(7,), (33,), (5, 3), (1,), (4,), (9,), (2, 2), (6,)]
+
+
+@pytest.mark.parametrize("name, opts, dtype, keys", [
+    ("Adam", dict(lr=0.01, amsgrad=True), torch.float32, STATE_KEYS["Adam"]),
+    ("SGD", dict(lr=0.05, momentum=0.9), torch.float32, STATE_KEYS["SGD"]),
+    ("SGD", dict(lr=0.05, momentum=0.9, param_precision="stochastic", seed=5), torch.bfloat16,
+     ("momentum_buffer", "step")),
+    ("AdamW", dict(lr=0.01, param_precision="compensated"), torch.bfloat16, STATE_KEYS["AdamW"] + ("param_residual",)),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9), torch.complex64, STATE_KEYS["RMSprop"]),
+], ids=["adam-amsgrad", "sgd-first-step", "sgd-stochastic", "adamw-compensated", "rmsprop-complex"])
+def test_a_big_bucket_steps_in_calls_of_bounded_size(monkeypatch, name, opts, dtype, keys):
+    """A bucket of more params than one compiled op call takes is cut into
+    calls (fusedopt.optimizer._TRACED_CALL_PARAMS, 3 here), each tensor with
+    its own lists, step count and random bits: the eager step's results, bit
+    for bit."""
+    monkeypatch.setattr(fusedopt.optimizer, "_TRACED_CALL_PARAMS", 3)
+    start = make_params(BIG_SHAPES, dtype)
+    runs = []
+    for _ in range(2):
+        params = clone_params(start)
+        runs.append((getattr(fusedopt, name)(params, **opts), params))
+    (compiled, cparams), (eager, eparams) = runs
+    recorder = GraphRecorder()
+    _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
+    _steps(eager, eparams, eager.step)
+    for calls in recorder.op_calls:
+        assert [len(node.args[0]) for node in calls] == [3, 3, 2]
+    assert_same_state(compiled, cparams, eager, eparams, keys, 0, 0)
+
+
+def test_a_big_bucket_the_op_refuses_changes_nothing(monkeypatch):
+    """The whole bucket is checked before the first of its calls: a bad state
+    in the last call's part fails the step with the index in the bucket, and
+    no param or state has changed."""
+    monkeypatch.setattr(fusedopt.optimizer, "_TRACED_CALL_PARAMS", 3)
+    params = make_params(BIG_SHAPES, torch.float32)
+    opt = fusedopt.Adam(params, lr=0.01)
+    _steps(opt, params, opt.step, steps=1)
+    opt.state[params[7]]["exp_avg"] = torch.zeros(5)
+    for p, g in zip(params, gradients(params, 1)):
+        p.grad = g
+    before = [p.clone() for p in params], [opt.state[p]["step"].clone() for p in params]
+    with pytest.raises(Exception, match=r"exp_avgs\[7\] has shape \[5\]"):
+        torch.compile(opt.step, backend="eager", fullgraph=True)()
+    for p, old in zip(params, before[0]):
+        assert torch.equal(p, old)
+    for p, old in zip(params, before[1]):
+        assert torch.equal(opt.state[p]["step"], old)
