@@ -34,10 +34,10 @@ from ._distinct import check_distinct
 # an op that mutates lists of tensors spend, per mutated tensor, time in
 # proportion to the op's whole argument list (its pattern replacement flattens
 # every argument once per output, and reinplacing scans them), so one call on
-# a bucket of n params compiles in O(n^2): Adam with 2000 params took 316 s to
-# compile as one call, 80 s in calls of 32 params, 87 s of 100 and 114 s of 400
-# (docs/usage.md). Smaller calls add no compile time of that kind, only an op
-# call each at run time.
+# a bucket of n params compiles in O(n^2): Adam with 1000 params took 432 s to
+# compile as one call, 65-69 s in calls of 64 params, 91 s of 128 and 136 s of
+# 256 (docs/usage.md). Each call costs a little at run time (at most about 10%
+# of that step).
 _TRACED_CALL_PARAMS = 64
 
 
