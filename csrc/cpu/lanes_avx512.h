@@ -33,7 +33,6 @@ FUSEDOPT_ALWAYS_INLINE __m512i high_halves(__m512i lo, __m512i hi) {
   return _mm512_permutex2var_epi16(lo, _mm512_load_si512(kHighHalves), hi);
 }
 
-
 // 32 lanes rounded to bfloat16, to nearest even (right for all but the lanes
 // of kNanOrSubnormal): one instruction with AVX512_BF16, else the integer
 // rounding of math::bf16_nearest.
