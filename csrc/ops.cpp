@@ -50,6 +50,18 @@ int64_t cpu_helped_runs() { return fusedopt::cpu::helped_runs(); }
   "str param_precision=\"nearest\", ScalarType? state_dtype=None, bool stochastic_states=False, int seed=0, " \
   "int[] rng_ids=[], int[] index_map=[]) -> ()"
 
+// The `.flat` overloads are the steps of a compiled graph (fusedopt/optimizer.py,
+// _flatten_states): each state list and the step counts come as ONE contiguous
+// 1-d tensor, the concatenation of the per-param tensors in order (a state
+// absent for the options given: None), and the grads are read only (no AMP
+// inputs). Every tensor an op mutates costs torch.compile's passes time in
+// proportion to the op's arguments, so a graph holding thousands of state
+// tensors compiled about three times slower than one holding a few buffers.
+#define FLAT_STEP_INPUTS                                                                                   \
+  "Tensor? lr_tensor=None, "                                                                               \
+  "str param_precision=\"nearest\", ScalarType? state_dtype=None, bool stochastic_states=False, int seed=0, " \
+  "int[] rng_ids=[], int[] index_map=[]) -> ()"
+
 TORCH_LIBRARY(fusedopt, m) {
   m.def(
       "adam_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
@@ -68,6 +80,23 @@ TORCH_LIBRARY(fusedopt, m) {
       "Tensor(c!)[] momentum_buffers, Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps, Tensor(g!)[] companions, "
       "*, float lr, "
       "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize, " STEP_INPUTS);
+  m.def(
+      "adam_.flat(Tensor(a!)[] params, Tensor[] grads, Tensor(b!) exp_avgs, Tensor(c!) exp_avg_sqs, "
+      "Tensor(d!)? max_exp_avg_sqs, Tensor(e!) state_steps, Tensor(g!)[] companions, *, float lr, float beta1, "
+      "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
+      FLAT_STEP_INPUTS);
+  m.def(
+      "sgd_.flat(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)? momentum_buffers, Tensor(d!)? state_steps, "
+      "Tensor(e!)[] companions, *, float lr, float weight_decay, float momentum, float dampening, bool nesterov, "
+      "bool maximize, int[] first_step, " FLAT_STEP_INPUTS);
+  m.def(
+      "adagrad_.flat(Tensor(a!)[] params, Tensor[] grads, Tensor(b!) state_sums, Tensor(c!) state_steps, "
+      "Tensor(e!)[] companions, *, float lr, float lr_decay, float weight_decay, float eps, bool maximize, "
+      FLAT_STEP_INPUTS);
+  m.def(
+      "rmsprop_.flat(Tensor(a!)[] params, Tensor[] grads, Tensor(b!) square_avgs, Tensor(c!)? momentum_buffers, "
+      "Tensor(d!)? grad_avgs, Tensor(e!) state_steps, Tensor(g!)[] companions, *, float lr, float alpha, "
+      "float eps, float weight_decay, float momentum, bool centered, bool maximize, " FLAT_STEP_INPUTS);
   // fusedopt.classic, the seed document's update(w, alpha, dw, dr, lambdaa):
   // g = dw + lambdaa * dr (drs may be empty: g = dw). Empty velocities mean
   // no momentum.
@@ -99,8 +128,9 @@ TORCH_LIBRARY(fusedopt, m) {
 // the Autograd key also spares every call the boxed autograd fallback, which
 // would convert each tensor of every list to an IValue and back.
 TORCH_LIBRARY_IMPL(fusedopt, Autograd, m) {
-  for (const char* name : {"adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_", "classic_sgd_", "classic_adagrad_",
-                           "classic_rmsprop_", "classic_adam_"}) {
+  for (const char* name : {"adam_", "sgd_", "adagrad_", "rmsprop_", "adam_.flat", "sgd_.flat", "adagrad_.flat",
+                           "rmsprop_.flat", "traffic_", "classic_sgd_", "classic_adagrad_", "classic_rmsprop_",
+                           "classic_adam_"}) {
     m.impl(name, torch::CppFunction::makeFallthrough());
   }
 }

@@ -266,6 +266,58 @@ void rmsprop(at::TensorList params, at::TensorList grads, at::TensorList square_
   prepared.finish();
 }
 
+// The `.flat` overloads (ops.cpp): the same steps on the per-param views of
+// each flat state, without AMP.
+void adam_flat(at::TensorList params, at::TensorList grads, const at::Tensor& exp_avgs,
+               const at::Tensor& exp_avg_sqs, const OptTensor& max_exp_avg_sqs, const at::Tensor& state_steps,
+               at::TensorList companions, double lr, double beta1, double beta2, double weight_decay, double eps,
+               bool amsgrad, bool maximize, bool decoupled_weight_decay, const OptTensor& lr_tensor,
+               c10::string_view param_precision, std::optional<at::ScalarType> state_dtype, bool stochastic_states,
+               int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
+  adam(params, grads, unflatten("adam_", "exp_avgs", exp_avgs, params),
+       unflatten("adam_", "exp_avg_sqs", exp_avg_sqs, params),
+       unflatten("adam_", "max_exp_avg_sqs", max_exp_avg_sqs, params),
+       unflatten("adam_", "state_steps", state_steps, params, true), companions, lr, beta1, beta2, weight_decay, eps,
+       amsgrad, maximize, decoupled_weight_decay, lr_tensor, std::nullopt, std::nullopt, param_precision,
+       state_dtype, stochastic_states, seed, rng_ids, index_map);
+}
+
+void sgd_flat(at::TensorList params, at::TensorList grads, const OptTensor& momentum_buffers,
+              const OptTensor& state_steps, at::TensorList companions, double lr, double weight_decay,
+              double momentum, double dampening, bool nesterov, bool maximize, at::IntArrayRef first_step,
+              const OptTensor& lr_tensor, c10::string_view param_precision, std::optional<at::ScalarType> state_dtype,
+              bool stochastic_states, int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
+  sgd(params, grads, unflatten("sgd_", "momentum_buffers", momentum_buffers, params),
+      unflatten("sgd_", "state_steps", state_steps, params, true), companions, lr, weight_decay, momentum, dampening,
+      nesterov, maximize, first_step, lr_tensor, std::nullopt, std::nullopt, param_precision, state_dtype,
+      stochastic_states, seed, rng_ids, index_map);
+}
+
+void adagrad_flat(at::TensorList params, at::TensorList grads, const at::Tensor& state_sums,
+                  const at::Tensor& state_steps, at::TensorList companions, double lr, double lr_decay,
+                  double weight_decay, double eps, bool maximize, const OptTensor& lr_tensor,
+                  c10::string_view param_precision, std::optional<at::ScalarType> state_dtype,
+                  bool stochastic_states, int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
+  adagrad(params, grads, unflatten("adagrad_", "state_sums", state_sums, params),
+          unflatten("adagrad_", "state_steps", state_steps, params, true), companions, lr, lr_decay, weight_decay,
+          eps, maximize, lr_tensor, std::nullopt, std::nullopt, param_precision, state_dtype, stochastic_states, seed,
+          rng_ids, index_map);
+}
+
+void rmsprop_flat(at::TensorList params, at::TensorList grads, const at::Tensor& square_avgs,
+                  const OptTensor& momentum_buffers, const OptTensor& grad_avgs, const at::Tensor& state_steps,
+                  at::TensorList companions, double lr, double alpha, double eps, double weight_decay,
+                  double momentum, bool centered, bool maximize, const OptTensor& lr_tensor,
+                  c10::string_view param_precision, std::optional<at::ScalarType> state_dtype,
+                  bool stochastic_states, int64_t seed, at::IntArrayRef rng_ids, at::IntArrayRef index_map) {
+  rmsprop(params, grads, unflatten("rmsprop_", "square_avgs", square_avgs, params),
+          unflatten("rmsprop_", "momentum_buffers", momentum_buffers, params),
+          unflatten("rmsprop_", "grad_avgs", grad_avgs, params),
+          unflatten("rmsprop_", "state_steps", state_steps, params, true), companions, lr, alpha, eps, weight_decay,
+          momentum, centered, maximize, lr_tensor, std::nullopt, std::nullopt, param_precision, state_dtype,
+          stochastic_states, seed, rng_ids, index_map);
+}
+
 void traffic(at::TensorList params, at::TensorList grads, at::TensorList states1, at::TensorList states2,
              at::TensorList states3) {
   const OnDevice on("traffic_", params);
@@ -375,6 +427,10 @@ void register_ops(torch::Library& m) {
   m.impl("sgd_", &sgd);
   m.impl("adagrad_", &adagrad);
   m.impl("rmsprop_", &rmsprop);
+  m.impl("adam_.flat", &adam_flat);
+  m.impl("sgd_.flat", &sgd_flat);
+  m.impl("adagrad_.flat", &adagrad_flat);
+  m.impl("rmsprop_.flat", &rmsprop_flat);
   m.impl("traffic_", &traffic);
   m.impl("classic_sgd_", &classic_sgd);
   m.impl("classic_adagrad_", &classic_adagrad);

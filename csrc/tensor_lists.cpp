@@ -1,6 +1,7 @@
 #include "tensor_lists.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <c10/core/TensorImpl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -323,6 +324,35 @@ void PreparedLists::prepare_slowly(const char* op, c10::DeviceType device, size_
 void PreparedLists::finish() {
   for (auto& [original, copy] : write_back_) original.copy_(copy);
   write_back_.clear();
+}
+
+std::vector<at::Tensor> unflatten(const char* op, const char* name, const std::optional<at::Tensor>& flat,
+                                  at::TensorList params, bool scalars) {
+  std::vector<at::Tensor> views;
+  if (!flat.has_value()) return views;
+  const at::Tensor& f = *flat;
+  FUSEDOPT_CHECK(f.defined() && f.layout() == at::kStrided && f.dim() == 1 && f.is_contiguous(), "fusedopt.", op,
+                 ": ", name, " must be one contiguous 1-d tensor (the flat layout)");
+  int64_t total = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    FUSEDOPT_CHECK(params[i].defined() && params[i].is_contiguous(), "fusedopt.", op, ": params[", i,
+                   "] must be contiguous beside flat states");
+    total += scalars ? 1 : params[i].numel();
+  }
+  FUSEDOPT_CHECK(f.numel() == total, "fusedopt.", op, ": ", name, " has ", f.numel(), " elements but the ",
+                 params.size(), " params need ", total);
+  views.reserve(params.size());
+  int64_t offset = f.storage_offset();
+  for (const at::Tensor& param : params) {
+    auto impl = c10::make_intrusive<c10::TensorImpl>(c10::TensorImpl::VIEW, c10::Storage(f.storage()),
+                                                     f.key_set(), f.dtype());
+    // Not set_sizes_and_strides: its inline checks stream numbers (message.h).
+    impl->set_sizes_contiguous(scalars ? c10::IntArrayRef{} : param.sizes());
+    impl->set_storage_offset(offset);
+    offset += scalars ? 1 : param.numel();
+    views.emplace_back(std::move(impl));
+  }
+  return views;
 }
 
 std::vector<double> increment_steps(const char* op, at::TensorList steps, size_t expected, c10::DeviceType device) {

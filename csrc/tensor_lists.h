@@ -83,6 +83,16 @@ class PreparedLists {
   cpu::TensorLists lists_;
 };
 
+// A state list, or the step counts (`scalars`), given as one flat tensor (the
+// ops' `.flat` overloads): the per-param tensors it concatenates, as aliases
+// of its memory with each param's shape (a one-element tensor per param for
+// step counts). None gives an empty list. The flat tensor must be contiguous,
+// 1-d and of exactly the params' total size; the params contiguous. The
+// aliases are made without the dispatcher (thousands per compiled step) and
+// never leave the op.
+std::vector<at::Tensor> unflatten(const char* op, const char* name, const std::optional<at::Tensor>& flat,
+                                  at::TensorList params, bool scalars = false);
+
 // Adds one to every `step` tensor (float32 or float64 scalars on the CPU, as
 // torch.optim keeps them) and returns the new values. device: that of the
 // step's params; only a CPU step shares this work with helper threads.

@@ -13,9 +13,17 @@ _OPS = ("adam_", "sgd_", "adagrad_", "rmsprop_", "traffic_", "classic_sgd_", "cl
 _STEP_LISTS = ("state_steps", "steps")  # CPU tensors beside params of any device (torch.optim's layout)
 
 
+_FLAT = ("adam_", "sgd_", "adagrad_", "rmsprop_")  # with a `.flat` overload
+
+
 def _list_names(name):
-    schema = getattr(torch.ops.fusedopt, name).default._schema
-    return [a.name for a in schema.arguments if str(a.type) == "List[Tensor]"]
+    op, _, overload = name.partition(".")
+    schema = getattr(getattr(torch.ops.fusedopt, op), overload or "default")._schema
+    return [a.name for a in schema.arguments if not a.kwarg_only and str(a.type) in _TENSOR_ARGS]
+
+
+# A flat state (the `.flat` overloads) is checked as a list of one tensor.
+_TENSOR_ARGS = ("List[Tensor]", "Tensor", "Optional[Tensor]")
 
 
 def _check_devices(op, names, lists):
@@ -36,11 +44,12 @@ def _fake(name):
 
     def fake(*args, **kwargs):
         lists = list(args[:len(names)]) + [kwargs[n] for n in names[len(args):] if n in kwargs]
+        lists = [[] if t is None else [t] if isinstance(t, torch.Tensor) else t for t in lists]
         _check_devices(name, names, lists)
         return None
 
     return fake
 
 
-for _name in _OPS:
+for _name in _OPS + tuple(f"{op}.flat" for op in _FLAT):
     torch.library.register_fake(f"fusedopt::{_name}")(_fake(_name))

@@ -19,6 +19,10 @@ def _lists(dtype, shapes=((3,), (0,), (70,)), seed=0):
     return [t.requires_grad_(False) for t in make_params(shapes, dtype, seed=seed)]
 
 
+def _flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
 def _op_calls(dtype):
     """(op, args, kwargs) for every op and variant, on fresh tensors."""
     p, g = _lists(dtype), _lists(dtype, seed=1)
@@ -38,6 +42,16 @@ def _op_calls(dtype):
                                                             maximize=False)),
         (ops.rmsprop_.default, (p, g, pos(), st(), st(), steps(), []), dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.0,
                                                                         momentum=0.9, centered=True, maximize=False)),
+        (ops.adam_.flat, (p, g, _flat(st()), _flat(pos()), _flat(pos()), _flat(steps()), []),
+         dict(adam, amsgrad=True, decoupled_weight_decay=False)),
+        (ops.sgd_.flat, (p, g, _flat(st()), None, []), dict(lr=0.1, weight_decay=0.1, momentum=0.9, dampening=0.0,
+                                                           nesterov=False, maximize=False, first_step=[0, 1, 0])),
+        (ops.sgd_.flat, (p, g, None, None, []), dict(lr=0.1, weight_decay=0.1, momentum=0.0, dampening=0.0,
+                                                    nesterov=False, maximize=False, first_step=[])),
+        (ops.adagrad_.flat, (p, g, _flat(pos()), _flat(steps()), []), dict(lr=0.1, lr_decay=0.01, weight_decay=0.0,
+                                                                          eps=1e-10, maximize=False)),
+        (ops.rmsprop_.flat, (p, g, _flat(pos()), None, _flat(st()), _flat(steps()), []),
+         dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.1, momentum=0.0, centered=True, maximize=False)),
         (ops.traffic_.default, (p, g, st(), st(), []), {}),
         (ops.classic_sgd_.default, (p, g, g, st()), dict(alpha=0.1, lambdaa=0.5, epsilon=0.9, nesterov=True)),
         (ops.classic_adagrad_.default, (p, g, [], pos()), dict(alpha=0.1, lambdaa=0.0, delta=1e-6)),
@@ -49,10 +63,67 @@ def _op_calls(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(16))
 def test_opcheck(index, dtype):
     op, args, kwargs = _op_calls(dtype)[index]
     torch.library.opcheck(op, args, kwargs)
+
+
+@pytest.mark.parametrize("index", [6, 7, 8, 9, 10])
+def test_flat_overloads_step_as_the_list_ops(index):
+    """Each `.flat` call (flat states and step counts) against the list op on
+    the same values: bit for bit, states and counts included."""
+    calls = _op_calls(torch.float32)
+    op, args, kwargs = calls[index]
+    list_op = getattr(torch.ops.fusedopt, op._schema.name.split("::")[1]).default
+    params = args[0]
+    flat_args = [[t.clone() for t in a] if isinstance(a, list) else None if a is None else a.clone()
+                 for a in args]
+
+    def unflat(a, scalars):
+        if a is None:
+            return []
+        sizes = [1 if scalars else p.numel() for p in params]
+        return [t.reshape(() if scalars else p.shape).clone() for t, p in zip(a.split(sizes), params)]
+
+    names = [arg.name for arg in op._schema.arguments][:len(args)]
+    list_args = [[t.clone() for t in a] if isinstance(a, list) else unflat(a, name == "state_steps")
+                 for a, name in zip(args, names)]
+    op(*flat_args, **kwargs)
+    list_op(*list_args, **kwargs)
+    for name, flat, listed in zip(names, flat_args, list_args):
+        if flat is None:
+            continue
+        if isinstance(flat, torch.Tensor):
+            flat = unflat(flat, name == "state_steps")
+        for a, b in zip(flat, listed):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("what, match", [
+    ("short", r"exp_avgs has 72 elements but the 3 params need 73"),
+    ("2-d", r"exp_avgs must be one contiguous 1-d tensor"),
+    ("steps", r"state_steps has 2 elements but the 3 params need 3"),
+    ("param", r"params\[0\] must be contiguous beside flat states"),
+])
+def test_flat_overload_refuses_a_flat_state_of_the_wrong_size(what, match):
+    op, args, kwargs = _op_calls(torch.float32)[6]
+    params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, companions = args
+    if what == "short":
+        exp_avgs = exp_avgs[1:]
+    elif what == "2-d":
+        exp_avgs = exp_avgs.reshape(1, -1)
+    elif what == "steps":
+        steps = steps[1:]
+    else:
+        params = [torch.zeros(3, 2).t()] + params[1:]
+        grads = [torch.zeros(2, 3)] + grads[1:]
+        exp_avgs = exp_avgs.new_zeros(exp_avgs.numel() + 3)
+        exp_avg_sqs, max_sqs = (t.new_zeros(t.numel() + 3) for t in (exp_avg_sqs, max_sqs))
+    before = [p.clone() for p in params]
+    with pytest.raises(RuntimeError, match=match):
+        op(params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, companions, **kwargs)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
