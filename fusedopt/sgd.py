@@ -1,4 +1,3 @@
-import torch
 from torch.optim.sgd import sgd as torch_sgd
 
 from . import _precision, reference
@@ -73,7 +72,7 @@ class SGD(FusedOptimizer):
         return group["momentum"] != 0
 
     def _run_native(self, group, lists):
-        torch.ops.fusedopt.sgd_(lists["params"], lists["grads"], lists["momentum_buffers"],
+        self._native_op(lists)(lists["params"], lists["grads"], lists["momentum_buffers"],
                                 lists.get("state_steps", []), lists["companions"], first_step=lists["first_step"],
                                 **self._hyper(group), **self._native_inputs(group, lists))
 

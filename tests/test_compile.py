@@ -250,6 +250,22 @@ def test_groups_the_graph_cannot_hold_step_eagerly(what):
 BIG_SHAPES = [(7,), (33,), (5, 3), (1,), (4,), (9,), (2, 2), (6,)]
 
 
+def _in_calls_of_three(monkeypatch, name, opts, dtype):
+    """A compiled and an eager optimizer on equal BIG_SHAPES params, stepped,
+    with compiled op calls of at most 3 params; and the graphs' recorder."""
+    monkeypatch.setattr(fusedopt.optimizer, "_TRACED_CALL_PARAMS", 3)
+    start = make_params(BIG_SHAPES, dtype)
+    runs = []
+    for _ in range(2):
+        params = clone_params(start)
+        runs.append((getattr(fusedopt, name)(params, **opts), params))
+    (compiled, cparams), (eager, eparams) = runs
+    recorder = GraphRecorder()
+    _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
+    _steps(eager, eparams, eager.step)
+    return runs[0], runs[1], recorder
+
+
 @pytest.mark.parametrize("name, opts, dtype, keys", [
     ("Adam", dict(lr=0.01, amsgrad=True), torch.float32, STATE_KEYS["Adam"]),
     ("SGD", dict(lr=0.05, momentum=0.9), torch.float32, STATE_KEYS["SGD"]),
@@ -263,16 +279,7 @@ def test_a_big_bucket_steps_in_calls_of_bounded_size(monkeypatch, name, opts, dt
     calls (fusedopt.optimizer._TRACED_CALL_PARAMS, 3 here), each tensor with
     its own lists, step count and random bits: the eager step's results, bit
     for bit."""
-    monkeypatch.setattr(fusedopt.optimizer, "_TRACED_CALL_PARAMS", 3)
-    start = make_params(BIG_SHAPES, dtype)
-    runs = []
-    for _ in range(2):
-        params = clone_params(start)
-        runs.append((getattr(fusedopt, name)(params, **opts), params))
-    (compiled, cparams), (eager, eparams) = runs
-    recorder = GraphRecorder()
-    _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
-    _steps(eager, eparams, eager.step)
+    (compiled, cparams), (eager, eparams), recorder = _in_calls_of_three(monkeypatch, name, opts, dtype)
     for calls in recorder.op_calls:
         assert [len(node.args[0]) for node in calls] == [3, 3, 2]
     assert_same_state(compiled, cparams, eager, eparams, keys, 0, 0)
@@ -296,3 +303,122 @@ def test_a_big_bucket_the_op_refuses_changes_nothing(monkeypatch):
         assert torch.equal(p, old)
     for p, old in zip(params, before[1]):
         assert torch.equal(opt.state[p]["step"], old)
+
+
+def _flat_buffers(opt, params, key):
+    """The distinct buffers that params' `key` states are views of, after
+    checking that each is a view that tiles its buffer in the params' order."""
+    buffers = []
+    for p in params:
+        t = opt.state[p][key]
+        base = t._base
+        assert base is not None and base.dim() == 1, f"{key} of a param of shape {tuple(p.shape)} is no view"
+        if not buffers or buffers[-1] is not base:
+            buffers.append(base)
+            offset = base.storage_offset()
+        assert t.storage_offset() == offset and t.is_contiguous()
+        offset += t.numel()
+    return buffers
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_states_live_in_one_buffer_per_call_and_list(monkeypatch, case):
+    """Without AMP a compiled step keeps each state list and the step counts
+    of one op call in one buffer (the state tensors are views of it) and calls
+    the op's `.flat` overload: the eager step's results bit for bit, and a
+    state_dict that torch.optim loads."""
+    name, opts = CASES[case]
+    (compiled, cparams), (eager, eparams), recorder = _in_calls_of_three(monkeypatch, name, opts, torch.float32)
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS[name], 0, 0)
+    assert [str(node.target) for node in recorder.op_calls[-1]] == [f"fusedopt.{compiled._op}.flat"] * 3
+    for key in STATE_KEYS[name]:
+        if key in compiled.state[cparams[0]]:
+            assert len(_flat_buffers(compiled, cparams, key)) == 3, key
+    theirs = getattr(torch.optim, name)(clone_params(cparams), **opts)
+    theirs.load_state_dict(compiled.state_dict())
+    assert_same_state(theirs, theirs.param_groups[0]["params"], compiled, cparams, STATE_KEYS[name], 0, 0)
+
+
+def test_states_replaced_after_compiling_are_the_ones_stepped():
+    """The graph updates the flat buffers; a state tensor replaced behind it
+    (assigned, or by load_state_dict) fails dynamo's guards, so the next step
+    compiles again and lays the new values out flat."""
+    (compiled, cparams), (eager, eparams), _ = _three("Adam", dict(lr=0.01, amsgrad=True))
+    recorder = GraphRecorder()
+    step = torch.compile(compiled.step, backend=recorder, fullgraph=True)
+    _steps(compiled, cparams, step, 2)
+    _steps(eager, eparams, eager.step, 2)
+    for opt, params in ((compiled, cparams), (eager, eparams)):
+        opt.state[params[1]]["exp_avg"] = opt.state[params[1]]["exp_avg"] * 3 + 1
+        opt.state[params[2]]["step"] = torch.tensor(7.0)
+    _steps(compiled, cparams, step, 1, 2)
+    _steps(eager, eparams, eager.step, 1, 2)
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+    saved = eager.state_dict()
+    for opt in (compiled, eager):
+        opt.load_state_dict(saved)
+    _steps(compiled, cparams, step, 2, 3)
+    _steps(eager, eparams, eager.step, 2, 3)
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+    assert recorder.frame_count == 3
+    assert len(_flat_buffers(compiled, cparams, "exp_avg")) == 1
+
+
+@pytest.mark.parametrize("what", ["amp", "non-contiguous-param", "state-dtype"])
+def test_steps_the_flat_layout_does_not_take_get_lists(what):
+    """AMP (grads unscaled in place), a non-contiguous param and a state of
+    another dtype than the op takes keep the list op: the first two step as
+    the eager step does, the last fails as it does."""
+    start = make_params([(3, 4), (5,)], torch.float32)
+    if what == "non-contiguous-param":
+        start[0] = torch.nn.Parameter(start[0].detach().t().contiguous().t())
+    runs = []
+    for _ in range(2):
+        params = clone_params(start)
+        runs.append((fusedopt.Adam(params, lr=0.01), params))
+    (compiled, cparams), (eager, eparams) = runs
+    if what == "non-contiguous-param":
+        assert not cparams[0].is_contiguous()
+    recorder = GraphRecorder()
+    step = torch.compile(compiled.step, backend=recorder, fullgraph=True)
+    if what == "state-dtype":
+        _steps(compiled, cparams, compiled.step, 1)
+        compiled.state[cparams[1]]["exp_avg_sq"] = compiled.state[cparams[1]]["exp_avg_sq"].double()
+        # aot_eager: with the "eager" backend an error raised in the graph leaves grad mode off (torch 2.13).
+        step = torch.compile(compiled.step, backend="aot_eager", fullgraph=True)
+        with pytest.raises(Exception, match=r"exp_avg_sqs\[1\] is Double but its param is Float"):
+            _steps(compiled, cparams, step, 1)
+        return
+    for i in range(3):
+        for opt, params, fn in ((compiled, cparams, step), (eager, eparams, eager.step)):
+            if what == "amp":
+                opt.grad_scale, opt.found_inf = torch.tensor(8.0), torch.tensor(0.0)
+            for p, g in zip(params, gradients(params, i)):
+                p.grad = g * (8 if what == "amp" else 1)
+            fn()
+    assert [str(node.target) for node in recorder.op_calls[-1]] == ["fusedopt.adam_"]
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["Adam"], 0, 0)
+
+
+def test_states_laid_out_flat_leave_no_copy_behind():
+    """The states an eager step made are copied into the flat buffers once;
+    the separate tensors are freed then (the eager plan that held them is
+    dropped), so compiling does not keep two copies of the optimizer's state."""
+    import weakref
+
+    params = make_params(BIG_SHAPES, torch.float32)
+    opt = fusedopt.Adam(params, lr=0.01)
+    _steps(opt, params, opt.step, 2)  # the second step runs through the plan
+    before = [weakref.ref(opt.state[p][key]) for p in params for key in ("exp_avg", "exp_avg_sq", "step")]
+    _steps(opt, params, torch.compile(opt.step, backend="aot_eager", fullgraph=True), 1, 2)
+    assert all(ref() is None for ref in before)
+    assert len(_flat_buffers(opt, params, "exp_avg_sq")) == 1
+
+
+def test_a_state_that_shares_its_params_memory_is_refused():
+    params = make_params([(3,), (4,)], torch.float32)
+    opt = fusedopt.Adam(params, lr=0.01)
+    _steps(opt, params, opt.step, 1)
+    opt.state[params[1]]["exp_avg"] = params[1].detach()
+    with pytest.raises(Exception, match=r"exp_avgs\[1\] and params\[1\]|params\[1\] and exp_avgs\[1\]"):
+        _steps(opt, params, torch.compile(opt.step, backend="aot_eager", fullgraph=True), 1, 1)
