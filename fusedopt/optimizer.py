@@ -489,7 +489,7 @@ class FusedOptimizer(Optimizer):
             if len(listed) != len(params) or any(
                     t.dtype != first.dtype or t.device != first.device or t.layout != torch.strided
                     or (t.dim() != 0 if key == "state_steps" else (t.shape != p.shape or not t.is_contiguous()))
-                    or t.untyped_storage().data_ptr() in storage
+                    or (t.numel() and t.untyped_storage().data_ptr() in storage)
                     for t, p, storage in zip(listed, params, storages)):
                 return False
         # An eager plan holds the states: dropped first, so a state copied is freed at once.
