@@ -422,3 +422,17 @@ def test_a_state_that_shares_its_params_memory_is_refused():
     opt.state[params[1]]["exp_avg"] = params[1].detach()
     with pytest.raises(Exception, match=r"exp_avgs\[1\] and params\[1\]|params\[1\] and exp_avgs\[1\]"):
         _steps(opt, params, torch.compile(opt.step, backend="aot_eager", fullgraph=True), 1, 1)
+
+
+def test_eager_and_compiled_steps_alternate_on_the_same_flat_states():
+    """Eager steps update the flat states in place (their cached plan holds
+    the views) and compiled steps after them neither copy nor recompile."""
+    (compiled, cparams), (eager, eparams), _ = _three("AdamW", dict(lr=0.01, amsgrad=True))
+    recorder = GraphRecorder()
+    step = torch.compile(compiled.step, backend=recorder, fullgraph=True)
+    for i, fn in enumerate([step, compiled.step, compiled.step, step, compiled.step, step]):
+        _steps(compiled, cparams, fn, 1, i)
+        _steps(eager, eparams, eager.step, 1, i)
+    assert recorder.frame_count == 1
+    assert len(_flat_buffers(compiled, cparams, "exp_avg")) == 1
+    assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS["AdamW"], 0, 0)
