@@ -384,8 +384,7 @@ class FusedOptimizer(Optimizer):
         if n <= _TRACED_CALL_PARAMS:
             yield lists
             return
-        for start in range(0, n, _TRACED_CALL_PARAMS):
-            part = slice(start, start + _TRACED_CALL_PARAMS)
+        for part in _call_parts(n):
             cut = {key: value[part] if len(value) == n else value
                    for key, value in lists.items() if key != "precision"}
             precision = dict(lists["precision"])
@@ -494,10 +493,7 @@ class FusedOptimizer(Optimizer):
                 return False
         # An eager plan holds the states: dropped first, so a state copied is freed at once.
         self._plans.pop(id(group), None)
-        n = len(params)
-        size = min(n, _TRACED_CALL_PARAMS)
-        for start in range(0, n, size):
-            part = range(start, min(n, start + size))
+        for part in _call_parts(len(params)):
             for key in self._flat_lists:
                 if lists.get(key):
                     self._flatten_part(lists, key, part)
@@ -505,7 +501,7 @@ class FusedOptimizer(Optimizer):
 
     def _flatten_part(self, lists, key, part):
         listed = lists[key]
-        tensors = [listed[i] for i in part]
+        tensors = listed[part]
         if _consecutive_views(tensors):
             return
         scalars = key == "state_steps"
@@ -514,7 +510,7 @@ class FusedOptimizer(Optimizer):
         flat = torch.empty(len(tensors) if scalars else sum(t.numel() for t in tensors), dtype=first.dtype,
                            device=first.device)
         offset = 0
-        for i, t in zip(part, tensors):
+        for i, t in zip(range(part.start, part.stop), tensors):
             numel = 1 if scalars else t.numel()
             view = flat[offset] if scalars else flat[offset:offset + numel].view(t.shape)
             view.copy_(t)
@@ -609,6 +605,12 @@ class FusedOptimizer(Optimizer):
 
     def _reference(self, group, lists):
         raise NotImplementedError
+
+
+def _call_parts(n):
+    """The params of each op call of a compiled step over a bucket of n
+    params: slices of at most _TRACED_CALL_PARAMS, in order."""
+    return [slice(start, min(n, start + _TRACED_CALL_PARAMS)) for start in range(0, n, _TRACED_CALL_PARAMS)]
 
 
 def _consecutive_views(tensors):
