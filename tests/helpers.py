@@ -84,11 +84,23 @@ def gradients(params, step, seed=1):
     return out
 
 
-def run_steps(opt, params, steps, seed=1, start=0):
+def run_steps(opt, params, steps, seed=1, start=0, step_fn=None):
+    """`steps` steps of opt on the gradients of steps start.., each through
+    step_fn (a compiled step, say) where given."""
     for step in range(start, start + steps):
         for p, grad in zip(params, gradients(params, step, seed)):
             p.grad = grad
-        opt.step()
+        (step_fn or opt.step)()
+
+
+def fusedopt_twins(name, opts, start):
+    """Two fusedopt optimizers `name`, each on its own copy of the params
+    `start`: [(opt, params), (opt, params)]."""
+    twins = []
+    for _ in range(2):
+        params = clone_params(start)
+        twins.append((make_optimizer(fusedopt, name, params, opts), params))
+    return twins
 
 
 def make_optimizer(library, name, params, opts, **extra):

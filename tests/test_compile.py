@@ -7,7 +7,8 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import fusedopt
-from helpers import STATE_KEYS, assert_same_state, clone_params, gradients, make_params, tolerances
+from helpers import (STATE_KEYS, assert_same_state, clone_params, fusedopt_twins, gradients, make_params, run_steps,
+                     tolerances)
 
 pytestmark = pytest.mark.skipif(not fusedopt.info()["native"], reason="native extension not loaded")
 
@@ -55,10 +56,7 @@ class GraphRecorder(CompileCounter):
 
 
 def _steps(opt, params, step_fn, steps=STEPS, start=0):
-    for step in range(start, start + steps):
-        for p, g in zip(params, gradients(params, step)):
-            p.grad = g
-        step_fn()
+    run_steps(opt, params, steps, start=start, step_fn=step_fn)
 
 
 def _three(name, opts, shapes=SHAPES, dtype=torch.float32, **extra):
@@ -208,11 +206,8 @@ def test_params_without_grads_and_later_with():
     # 8-bit states for the params of 16 elements or more: a bucket of their own
     (dict(state_dtype="8bit", quantize_threshold=16), 2)], ids=["master", "stochastic", "8bit"])
 def test_low_precision_options(options, buckets):
-    runs = []
-    for _ in range(2):
-        params = clone_params(make_params(SHAPES, torch.bfloat16))
-        runs.append((fusedopt.SGD(params, lr=0.05, momentum=0.9, **options), params))
-    (compiled, cparams), (eager, eparams) = runs
+    (compiled, cparams), (eager, eparams) = fusedopt_twins("SGD", dict(lr=0.05, momentum=0.9, **options),
+                                                           make_params(SHAPES, torch.bfloat16))
     recorder = GraphRecorder()
     _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
     _steps(eager, eparams, eager.step)
@@ -254,11 +249,7 @@ def _in_calls_of_three(monkeypatch, name, opts, dtype):
     """A compiled and an eager optimizer on equal BIG_SHAPES params, stepped,
     with compiled op calls of at most 3 params; and the graphs' recorder."""
     monkeypatch.setattr(fusedopt.optimizer, "_TRACED_CALL_PARAMS", 3)
-    start = make_params(BIG_SHAPES, dtype)
-    runs = []
-    for _ in range(2):
-        params = clone_params(start)
-        runs.append((getattr(fusedopt, name)(params, **opts), params))
+    runs = fusedopt_twins(name, opts, make_params(BIG_SHAPES, dtype))
     (compiled, cparams), (eager, eparams) = runs
     recorder = GraphRecorder()
     _steps(compiled, cparams, torch.compile(compiled.step, backend=recorder, fullgraph=True))
@@ -372,11 +363,7 @@ def test_steps_the_flat_layout_does_not_take_get_lists(what):
     start = make_params([(3, 4), (5,)], torch.float32)
     if what == "non-contiguous-param":
         start[0] = torch.nn.Parameter(start[0].detach().t().contiguous().t())
-    runs = []
-    for _ in range(2):
-        params = clone_params(start)
-        runs.append((fusedopt.Adam(params, lr=0.01), params))
-    (compiled, cparams), (eager, eparams) = runs
+    (compiled, cparams), (eager, eparams) = fusedopt_twins("Adam", dict(lr=0.01), start)
     if what == "non-contiguous-param":
         assert not cparams[0].is_contiguous()
     recorder = GraphRecorder()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fusedopt
-from helpers import (STATE_KEYS, assert_same_state, clone_params, gradients, make_optimizer, make_params,
-                     option_cases, run_steps, tolerances)
+from helpers import (STATE_KEYS, assert_same_state, clone_params, fusedopt_twins, gradients, make_optimizer,
+                     make_params, option_cases, run_steps, tolerances)
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and fusedopt.info()["cuda"]),
                                 reason="needs a GPU and fusedopt's CUDA kernels")
@@ -196,17 +196,11 @@ def test_compiled_step_matches_eager_on_cuda(name, opts, capturable):
         pytest.skip("SGD keeps no step counts")
     if capturable:
         opts = dict(opts, capturable=True)
-    base = make_params(SHAPES, torch.float32, device="cuda")
-    runs = []
-    for _ in range(2):
-        params = clone_params(base)
-        runs.append((make_optimizer(fusedopt, name, params, opts), params))
-    (compiled, cparams), (eager, eparams) = runs
+    (compiled, cparams), (eager, eparams) = fusedopt_twins(name, opts, make_params(SHAPES, torch.float32,
+                                                                                   device="cuda"))
     step = torch.compile(compiled.step, fullgraph=True)
     for i in range(4):
-        for opt, params, fn in ((compiled, cparams, step), (eager, eparams, eager.step)):
-            for p, g in zip(params, gradients(params, i)):
-                p.grad = g
-            fn()
+        run_steps(compiled, cparams, 1, start=i, step_fn=step)
+        run_steps(eager, eparams, 1, start=i)
     assert compiled.state[cparams[-1]][STATE_KEYS[name][0]]._base is not None  # laid out flat
     assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS[name], 0, 0)

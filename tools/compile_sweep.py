@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import fusedopt  # noqa: E402
 import fusedopt.optimizer  # noqa: E402
-from helpers import STATE_KEYS, assert_same_state, clone_params, gradients, make_params, option_cases  # noqa: E402
+from helpers import (STATE_KEYS, assert_same_state, fusedopt_twins, make_params, option_cases,  # noqa: E402
+                     run_steps)
 
 SHAPES = [(7,), (33,), (5, 3), (1,), (0,), (9,), (2, 2), (6,)]
 PRECISION = [dict(param_precision="master"), dict(param_precision="stochastic", seed=3),
@@ -40,18 +41,11 @@ def runs():
 def check(name, opts, dtype):
     """None, or what went wrong."""
     torch._dynamo.reset()
-    start = make_params(SHAPES, dtype)
-    pair = []
-    for _ in range(2):
-        params = clone_params(start)
-        pair.append((getattr(fusedopt, name)(params, **opts), params))
-    (compiled, cparams), (eager, eparams) = pair
+    (compiled, cparams), (eager, eparams) = fusedopt_twins(name, opts, make_params(SHAPES, dtype))
     step = torch.compile(compiled.step, backend="aot_eager", fullgraph=True)
     for i in range(3):
-        for opt, params, fn in ((compiled, cparams, step), (eager, eparams, eager.step)):
-            for p, g in zip(params, gradients(params, i)):
-                p.grad = g
-            fn()
+        run_steps(compiled, cparams, 1, start=i, step_fn=step)
+        run_steps(eager, eparams, 1, start=i)
     try:
         assert_same_state(compiled, cparams, eager, eparams, STATE_KEYS[name] + ("master_param", "param_residual"),
                           0, 0)
