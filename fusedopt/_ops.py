@@ -14,16 +14,14 @@ _STEP_LISTS = ("state_steps", "steps")  # CPU tensors beside params of any devic
 
 
 _FLAT = ("adam_", "sgd_", "adagrad_", "rmsprop_")  # with a `.flat` overload
+# A flat state (the `.flat` overloads) is checked as a list of one tensor.
+_TENSOR_ARGS = ("List[Tensor]", "Tensor", "Optional[Tensor]")
 
 
 def _list_names(name):
     op, _, overload = name.partition(".")
     schema = getattr(getattr(torch.ops.fusedopt, op), overload or "default")._schema
     return [a.name for a in schema.arguments if not a.kwarg_only and str(a.type) in _TENSOR_ARGS]
-
-
-# A flat state (the `.flat` overloads) is checked as a list of one tensor.
-_TENSOR_ARGS = ("List[Tensor]", "Tensor", "Optional[Tensor]")
 
 
 def _check_devices(op, names, lists):
